@@ -1,0 +1,152 @@
+"""The `instag` command line: each verb is a thin wrapper over a library function.
+
+Exit codes: 0 done; 1 some queries failed (status ``error``, re-run to retry them); 2 bad input, bad
+option or unusable model; 130 interrupted (everything already tagged is kept; re-run to resume).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from instag.io import InputError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Tag instruction data with open-set intent tags (InsTag), analyze and select it.")
+models_app = typer.Typer(no_args_is_help=True, help="Show and prepare local models.")
+app.add_typer(models_app, name="models")
+
+err = Console(stderr=True)
+
+EXIT_FAILED_QUERIES = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more.")) -> None:
+    _setup_logging(verbose)
+
+
+@app.command()
+def tag(
+    input: Path = typer.Argument(..., help="Queries: .jsonl, .json, .parquet, .csv/.tsv or a datasets directory."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output JSONL (appended to; re-run to resume)."),
+    model: str = typer.Option("local", "--model", "-m",
+                              help="local | registry name | HF id or path | adapter dir | openai:<name>."),
+    base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible API base URL (with openai:<name>)."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable that holds the API key."),
+    engine: str = typer.Option("transformers", help="Local engine."),
+    batch_size: int = typer.Option(8, min=1, help="Local batch size."),
+    max_new_tokens: int = typer.Option(256, min=1, help="Answer token budget."),
+    max_query_tokens: int = typer.Option(1024, min=1, help="Longer queries are truncated (counted)."),
+    field: Optional[str] = typer.Option(None, help="Field holding the query text (overrides detection)."),
+    all_turns: bool = typer.Option(False, help="Tag every user turn of chat records, not only the first."),
+    skip_bad: bool = typer.Option(False, help="Log and skip bad records instead of stopping."),
+    concurrency: int = typer.Option(8, min=1, help="Concurrent API requests."),
+    timeout: float = typer.Option(60.0, help="API request timeout, seconds."),
+    max_retries: int = typer.Option(5, min=0, help="API retries per query (429, 5xx, timeouts)."),
+    price_in: float = typer.Option(0.0, help="API price per 1M prompt tokens, for the cost line."),
+    price_out: float = typer.Option(0.0, help="API price per 1M completion tokens."),
+    device: str = typer.Option("auto", help="Local device: auto, cpu, cuda."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Tag at most this many pending queries."),
+    summary_json: Optional[Path] = typer.Option(None, help="Also write the run summary as JSON here."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Tag every query of INPUT with intent tags; append results to OUTPUT."""
+    from instag.tagger.models import ModelError
+    from instag.tagger.run import OPENAI_PREFIX, TagOptions, tag_file
+
+    api_key = None
+    if model.startswith(OPENAI_PREFIX):
+        api_key = os.environ.get(api_key_env)
+        if api_key is None and base_url is None:
+            _fail(f"--model {model} needs an API key in ${api_key_env} (or --base-url for a local server)")
+    opts = TagOptions(model=model, engine=engine, base_url=base_url, api_key=api_key, batch_size=batch_size,
+                      max_new_tokens=max_new_tokens, max_query_tokens=max_query_tokens, field=field,
+                      all_turns=all_turns, skip_bad=skip_bad, concurrency=concurrency, timeout=timeout,
+                      max_retries=max_retries, price_in=price_in, price_out=price_out, device=device,
+                      limit=limit, progress=not quiet)
+    try:
+        summary = tag_file(input, output, opts)
+    except InputError as e:
+        _fail(str(e))
+    except (ModelError, ValueError, OSError) as e:
+        _fail(f"{type(e).__name__}: {e}")
+    _print_tag_summary(summary)
+    if summary_json:
+        summary_json.write_text(json.dumps(summary.to_dict(), indent=2))
+    if summary.interrupted:
+        err.print(f"[yellow]interrupted[/]: {summary.tagged} queries saved to {output}; run again to resume")
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if summary.errors:
+        err.print(f"[yellow]{summary.errors} queries failed[/]; run the same command again to retry them")
+        raise typer.Exit(EXIT_FAILED_QUERIES)
+
+
+def _print_tag_summary(s) -> None:  # noqa: ANN001
+    t = Table(title=f"instag tag -> {s.output}", show_header=False)
+    rows = [("model", s.model or "-"), ("queries in input", s.queries), ("already done", s.already_done),
+            ("duplicates skipped", s.duplicates), ("tagged now", s.tagged), ("parsed ok", s.ok),
+            ("unparsed (raw kept)", s.unparsed), ("failed (retry by re-running)", s.errors),
+            ("truncated queries", s.truncated), ("bad input skipped", s.bad_input),
+            ("API retries", s.retries), ("prompt / completion tokens", f"{s.prompt_tokens} / {s.completion_tokens}"),
+            ("seconds", f"{s.seconds:.1f}"), ("queries/s", f"{s.queries_per_second:.2f}")]
+    if s.cost:
+        rows.append(("cost", f"${s.cost:.4f}"))
+    for k, v in rows:
+        t.add_row(k, str(v))
+    err.print(t)
+    for m in s.bad_input_messages:
+        err.print(f"  skipped: {escape(m)}", highlight=False, soft_wrap=True)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """List the registry's models and adapters and whether they are ready here."""
+    from instag.tagger.models import list_models
+
+    t = Table(title="instag models")
+    for col in ("name", "kind", "default", "state", "where"):
+        t.add_column(col)
+    for row in list_models():
+        t.add_row(row["name"], row["kind"], "yes" if row["default"] else "", row["state"], row["where"])
+    Console().print(t)
+
+
+@models_app.command("prepare")
+def models_prepare(name: str = typer.Argument("local", help="Registry name or 'local'.")) -> None:
+    """Prepare a model for local use (the embedded GGUF is converted once into the cache)."""
+    from instag.tagger.models import ModelError, resolve
+
+    try:
+        resolved = resolve(name)
+    except ModelError as e:
+        _fail(str(e))
+    Console().print(f"ready: {resolved.describe()}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

