@@ -23,6 +23,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Tag instruction data with open-set intent tags (InsTag), analyze and select it.")
 models_app = typer.Typer(no_args_is_help=True, help="Show and prepare local models.")
 app.add_typer(models_app, name="models")
+data_app = typer.Typer(no_args_is_help=True, help="Build query pools from raw data.")
+app.add_typer(data_app, name="data")
 
 err = Console(stderr=True)
 
@@ -142,6 +144,117 @@ def models_prepare(name: str = typer.Argument("local", help="Registry name or 'l
     except ModelError as e:
         _fail(str(e))
     Console().print(f"ready: {resolved.describe()}")
+
+
+@app.command("normalize")
+def normalize_cmd(
+    input: Path = typer.Argument(..., help="Tag JSONL written by `instag tag`."),
+    output: Path = typer.Option(..., "--output", "-o", help="Normalized JSONL (tags + normalized_tags)."),
+    map_path: Optional[Path] = typer.Option(None, "--map", help="Write the tag map (original -> canonical) here."),
+    apply_map: Optional[Path] = typer.Option(None, help="Apply an existing tag map instead of computing one."),
+    min_freq: Optional[int] = typer.Option(None, min=1, help="Drop tags in fewer queries (default: max(1, 20 n/1M))."),
+    eps: float = typer.Option(0.1, help="DBSCAN cosine-distance radius for semantic aggregation."),
+    min_samples: int = typer.Option(2, min=1, help="DBSCAN min_samples."),
+    min_support: int = typer.Option(40, min=1, help="FP-Growth minimum support, in queries."),
+    min_confidence: float = typer.Option(0.99, min=0.0, max=1.0, help="Association rule confidence."),
+    embed_model: str = typer.Option("all-MiniLM-L6-v2", help="sentence-transformers model for tag embeddings."),
+    steps: str = typer.Option("frequency,rule,semantic,association", help="Steps to run, in order."),
+) -> None:
+    """Normalize tags: frequency filter, rule, semantic and association aggregation."""
+    from instag.select.normalize import NormalizeParams
+    from instag.select.pipeline import normalize_file
+
+    params = NormalizeParams(min_freq=min_freq, eps=eps, min_samples=min_samples, min_support=min_support,
+                             min_confidence=min_confidence, embed_model=embed_model,
+                             steps=tuple(x.strip() for x in steps.split(",") if x.strip()))
+    with err.status("normalizing") as status:
+        try:
+            res = normalize_file(input, output, map_path, params, apply_map=apply_map,
+                                 progress=lambda step: status.update(f"normalizing: {step}"))
+        except InputError as e:
+            _fail(str(e))
+        except ValueError as e:
+            _fail(str(e))
+    t = Table(title=f"instag normalize -> {output}")
+    for col in ("step", "tags before", "tags after", "occurrences before", "after", "dropped", "merged", "seconds"):
+        t.add_column(col, justify="right")
+    for r in res.tag_map.reports:
+        t.add_row(r.step, str(r.tags_before), str(r.tags_after), str(r.occurrences_before),
+                  str(r.occurrences_after), str(r.dropped_tags), str(r.merged_tags), f"{r.seconds:.2f}")
+    err.print(t)
+    err.print(f"{res.queries} queries: {res.tags_before} unique tags -> {res.tags_after}; "
+              f"skipped (not parsed): {res.skipped or 0}", highlight=False)
+
+
+@app.command()
+def analyze(
+    inputs: list[Path] = typer.Argument(..., help="Tag or normalized JSONL files."),
+    output: Path = typer.Option(Path("report"), "--output", "-o", help="Report directory."),
+    by: str = typer.Option("auto", help="Group data sets by 'source' field, 'file', or auto."),
+) -> None:
+    """Diversity and complexity per data set: terminal table, report/index.html, report/summary.json."""
+    from instag.select.analyze import analyze_files
+
+    try:
+        stats, index = analyze_files(inputs, output, by)
+    except (InputError, ValueError) as e:
+        _fail(str(e))
+    t = Table(title="instag analyze")
+    for col in ("data set", "queries", "skipped", "unique tags", "avg tags/query", "max", "tags used once", "top tags"):
+        t.add_column(col, justify="right" if col not in ("data set", "top tags") else "left")
+    for s in stats:
+        t.add_row(s.name, str(s.queries), str(s.skipped), str(s.unique_tags), f"{s.avg_tags:.2f}", str(s.max_tags),
+                  str(s.singleton_tags), ", ".join(tag for tag, _ in s.top_tags[:4]))
+    Console().print(t)
+    err.print(f"report: {index}")
+
+
+@app.command("select")
+def select_cmd(
+    input: Path = typer.Argument(..., help="Normalized (or tag) JSONL."),
+    output: Path = typer.Option(..., "--output", "-o", help="Selected records, JSONL."),
+    n: int = typer.Option(6000, "-n", min=0, help="How many queries to select."),
+    strategy: str = typer.Option("complexity", help="complexity (InsTag), diverse, or random."),
+    seed: int = typer.Option(0, help="Seed for tie-breaks and baselines."),
+) -> None:
+    """Complexity-first diverse sampling (or a baseline); prints coverage and complexity vs the pool."""
+    from instag.select.pipeline import select_file
+
+    try:
+        res = select_file(input, output, n, strategy, seed)
+    except (InputError, ValueError) as e:
+        _fail(str(e))
+    t = Table(title=f"instag select ({res.strategy}) -> {output}")
+    for col in ("set", "queries", "unique tags", "avg tags/query"):
+        t.add_column(col, justify="right")
+    t.add_row("pool", str(res.pool.queries), str(res.pool.unique_tags), f"{res.pool.avg_tags:.2f}")
+    t.add_row("selected", str(res.selected.queries), str(res.selected.unique_tags), f"{res.selected.avg_tags:.2f}")
+    Console().print(t)
+    err.print(f"tag coverage {100 * res.coverage:.1f}% of the pool's tags; skipped (not parsed): {res.skipped or 0}",
+              highlight=False)
+
+
+@data_app.command("build-pool")
+def build_pool_cmd(
+    output: Path = typer.Option(Path("pool.jsonl"), "--output", "-o"),
+    raw_dir: Optional[Path] = typer.Option(None, help="The raw data folder (default: ../shared/data/raw)."),
+) -> None:
+    """Turn the raw public instruction data into one pool JSONL (id, source, query)."""
+    from instag.select.pool import LICENSES, build_pool, default_raw_dir
+
+    try:
+        stats = build_pool(raw_dir or default_raw_dir(), output)
+    except InputError as e:
+        _fail(str(e))
+    t = Table(title=f"pool -> {output}")
+    for col in ("source", "queries", "license"):
+        t.add_column(col)
+    for source, count in sorted(stats.per_source.items()):
+        t.add_row(source, str(count), LICENSES[source])
+    t.add_row("total", str(sum(stats.per_source.values())), "")
+    Console().print(t)
+    err.print(f"dropped {stats.duplicates} exact duplicate queries, {stats.empty} empty; repaired broken raw "
+              f"lines: {', '.join(stats.repaired) or 'none'}", highlight=False)
 
 
 def main() -> None:

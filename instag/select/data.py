@@ -1,0 +1,68 @@
+"""Reading tag files (what `instag tag` and `instag normalize` write) for normalization, analysis
+and selection."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from instag.io import InputError, iter_jsonl_records, latest_by_id
+
+NORMALIZED_FIELD = "normalized_tags"
+
+
+@dataclass
+class TagFile:
+    path: Path
+    records: list[dict[str, Any]]  # every record, last one per id, in file order
+    usable: list[int] = field(default_factory=list)  # indexes of records with status ok
+    skipped: Counter = field(default_factory=Counter)  # status -> count of records left out
+
+    def tag_lists(self, normalized: bool | None = None) -> list[list[str]]:
+        return [tag_strings(self.records[i], normalized) for i in self.usable]
+
+    @property
+    def has_normalized(self) -> bool:
+        return any(NORMALIZED_FIELD in r for r in self.records)
+
+
+def tag_strings(rec: dict[str, Any], normalized: bool | None = None) -> list[str]:
+    """A record's tags as strings; ``normalized`` None means: normalized tags when present."""
+    if normalized is not False and NORMALIZED_FIELD in rec:
+        return list(rec[NORMALIZED_FIELD])
+    out = []
+    for t in rec.get("tags") or []:
+        s = t.get("tag") if isinstance(t, dict) else t
+        if isinstance(s, str) and s.strip():
+            out.append(s.strip())
+    return out
+
+
+def load_tag_file(path: str | os.PathLike) -> TagFile:
+    """Read a tag JSONL file; each record needs ``id`` and ``tags``; records whose status is not
+    ``ok`` (unparsed answers, failed requests) are kept but left out of the analysis, and counted."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, None, "no such file")
+
+    def checked():
+        for lineno, rec in iter_jsonl_records(path):
+            if "tags" not in rec and NORMALIZED_FIELD not in rec:
+                raise InputError(path, lineno, "record has no 'tags' field (is this an `instag tag` output?)")
+            tags = rec.get(NORMALIZED_FIELD, rec.get("tags"))
+            if not isinstance(tags, list):
+                raise InputError(path, lineno, "'tags' must be a list")
+            yield lineno, rec
+
+    by_id = latest_by_id(checked(), path)
+    tf = TagFile(path=path, records=list(by_id.values()))
+    for i, rec in enumerate(tf.records):
+        status = rec.get("status", "ok")
+        if status == "ok":
+            tf.usable.append(i)
+        else:
+            tf.skipped[status] += 1
+    return tf
