@@ -257,6 +257,72 @@ def build_pool_cmd(
               f"lines: {', '.join(stats.repaired) or 'none'}", highlight=False)
 
 
+@app.command("distill")
+def distill_cmd(
+    train: Path = typer.Argument(..., help="Teacher tag JSONL (the schema `instag tag` writes)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Adapter directory to write."),
+    base: str = typer.Option("smollm2-135m-instruct", help="Base model: registry name, HF id or path."),
+    target: str = typer.Option("tags", help="Answer format: 'tags' (compact) or 'tags+explanations'."),
+    eval_file: Optional[Path] = typer.Option(None, "--eval", help="Held-out teacher tags for eval loss."),
+    r: int = typer.Option(16, help="LoRA rank."),
+    alpha: int = typer.Option(32, help="LoRA alpha."),
+    dropout: float = typer.Option(0.05, help="LoRA dropout."),
+    target_modules: str = typer.Option("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"),
+    epochs: float = typer.Option(3.0),
+    lr: float = typer.Option(2e-4),
+    batch_size: int = typer.Option(8),
+    grad_accum: int = typer.Option(1),
+    max_length: int = typer.Option(512),
+    seed: int = typer.Option(0),
+    save_steps: int = typer.Option(50, help="Checkpoint every N optimizer steps (resume picks the latest)."),
+    max_steps: int = typer.Option(-1, help="Stop after N steps (smoke runs)."),
+    name: Optional[str] = typer.Option(None, help="Model name written into outputs (default: directory name)."),
+    no_resume: bool = typer.Option(False, help="Start over even if checkpoints exist."),
+) -> None:
+    """Fine-tune a LoRA adapter on teacher tags (loss on answer tokens only); resumable."""
+    from instag.distill.train import DistillConfig, distill
+
+    cfg = DistillConfig(train=str(train), output=str(output), base=base, target=target,
+                        eval_file=str(eval_file) if eval_file else None, r=r, alpha=alpha, dropout=dropout,
+                        target_modules=[m.strip() for m in target_modules.split(",") if m.strip()], epochs=epochs,
+                        lr=lr, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, seed=seed,
+                        save_steps=save_steps, max_steps=max_steps, name=name)
+    try:
+        res = distill(cfg, resume=not no_resume)
+    except (InputError, ValueError) as e:
+        _fail(str(e))
+    err.print(f"adapter: {res.adapter_dir} ({res.train_examples} examples, loss {res.train_loss_first} -> "
+              f"{res.train_loss_last}, eval loss {res.eval_loss}, {res.seconds:.0f} s)", highlight=False)
+
+
+@app.command("eval")
+def eval_cmd(
+    model: str = typer.Option(..., "--model", "-m", help="Model spec, as for `instag tag`."),
+    gold: Path = typer.Option(..., "--gold", help="Held-out teacher tags (JSONL)."),
+    output: Path = typer.Option(Path("eval"), "--output", "-o", help="Directory for predictions and metrics."),
+    batch_size: int = typer.Option(8),
+    max_new_tokens: int = typer.Option(256),
+    threshold: float = typer.Option(0.8, help="Cosine threshold for semantic matches."),
+    base_url: Optional[str] = typer.Option(None, help="For openai:<name> models."),
+) -> None:
+    """Tag the held-out queries and report P/R/F1 against the teacher (exact, rule, semantic)."""
+    from instag.distill.evaluate import run_eval
+
+    try:
+        m = run_eval(model, gold, output, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                     threshold=threshold, base_url=base_url)
+    except (InputError, ValueError) as e:
+        _fail(str(e))
+    t = Table(title=f"instag eval: {model} on {gold} ({m['queries']} queries)")
+    for col in ("level", "precision", "recall", "F1"):
+        t.add_column(col, justify="right")
+    for level, v in m["levels"].items():
+        t.add_row(level, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}")
+    Console().print(t)
+    err.print(f"parse failures {m['parse_failure_rate']:.1%}; tags/query {m['avg_pred_tags']:.2f} vs teacher "
+              f"{m['avg_gold_tags']:.2f}; {m['queries_per_s']:.2f} queries/s; written to {output}", highlight=False)
+
+
 def main() -> None:
     app()
 
