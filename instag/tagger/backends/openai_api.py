@@ -15,7 +15,7 @@ import openai
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from instag.tagger.backends import Generation
-from instag.tagger.prompt import Target, build_messages
+from instag.tagger.prompt import ANSWER_SCHEMAS, Target, build_messages
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class OpenAIBackend:
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
                  target: Target = "tags+explanations", concurrency: int = 8, timeout: float = 60.0,
                  max_retries: int = 5, max_tokens: int = 512, temperature: float = 0.0,
-                 backoff_initial: float = 1.0, backoff_max: float = 30.0):
+                 backoff_initial: float = 1.0, backoff_max: float = 30.0, guided: bool = False):
         self.model = model
         self.target = target
         self.concurrency = concurrency
@@ -43,6 +43,10 @@ class OpenAIBackend:
         self.temperature = temperature
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        # Structured outputs: the tag-list JSON schema as response_format (vLLM servers accept a top-level
+        # array; OpenAI's strict mode wants an object, so leave this off for OpenAI's own API).
+        self.extra = {"response_format": {"type": "json_schema", "json_schema": {
+            "name": "instag_tags", "schema": ANSWER_SCHEMAS[target]}}} if guided else {}
         # Our own retry loop (max_retries=0 here) so that every kind of fault is counted alike.
         self.client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "EMPTY", timeout=timeout,
                                          max_retries=0)
@@ -59,7 +63,7 @@ class OpenAIBackend:
     async def _once(self, query: str) -> Generation:
         resp = await self.client.chat.completions.create(
             model=self.model, messages=build_messages(query, self.target),  # type: ignore[arg-type]
-            temperature=self.temperature, max_tokens=self.max_tokens)
+            temperature=self.temperature, max_tokens=self.max_tokens, **self.extra)
         if not resp.choices:
             raise openai.APIResponseValidationError(response=httpx.Response(200, request=httpx.Request(
                 "POST", str(self.client.base_url))), body=None, message="response has no choices")

