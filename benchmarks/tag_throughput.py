@@ -1,13 +1,19 @@
-"""Tagging throughput of the local transformers engine on the embedded model, by batch size.
+"""Tagging throughput by engine on the same real queries from the shared pool.
 
-    python benchmarks/tag_throughput.py [--model local] [--n 64] [--batch-sizes 1,8,32]
+    python benchmarks/tag_throughput.py [--model local] [--n 256] [--repeats 3]
+        [--engines hf1,hf8,hf32,vllm,vllm-server] [--max-new-tokens 64]
 
-Prints a table and writes benchmarks/results/tag_throughput.json.
+Engines: ``hfN`` = transformers with batch size N (hf1 is the one-at-a-time loop); ``vllm`` = vLLM
+offline (continuous batching, guided JSON); ``vllm-server`` = vLLM's OpenAI-compatible server with
+``--clients`` concurrent clients through instag's own API backend. Engine start-up is timed apart and
+not counted in queries/s. Prints a table and writes benchmarks/results/tag_throughput.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import socket
 import statistics
 import time
 
@@ -15,57 +21,125 @@ from common import REPO, machine, sample_queries, write_json
 from rich.console import Console
 from rich.table import Table
 
-from instag.tagger.backends.hf import HFBackend
 from instag.tagger.models import resolve
 from instag.tagger.parse import STATUS_OK, parse_tags
 
 
-def run(backend: HFBackend, queries: list[str], batch_size: int) -> dict:
-    # Same length-sorted batching as `instag tag`.
-    order = sorted(queries, key=len)
+def timed(fn, queries: list[str]) -> dict:
     t0 = time.perf_counter()
-    gens = []
-    for i in range(0, len(order), batch_size):
-        gens += backend.generate(order[i:i + batch_size])
+    gens = fn(queries)
     dt = time.perf_counter() - t0
     out_tokens = sum(g.completion_tokens for g in gens)
     return {"seconds": dt, "queries_per_s": len(queries) / dt, "output_tokens_per_s": out_tokens / dt,
             "output_tokens": out_tokens, "parsed": sum(parse_tags(g.text).status == STATUS_OK for g in gens)}
 
 
+def hf_runner(resolved, batch_size: int, max_new_tokens: int, cache: dict):
+    from instag.tagger.backends.hf import HFBackend
+
+    if "hf" not in cache:
+        t0 = time.perf_counter()
+        cache["hf"] = HFBackend(resolved, max_new_tokens=max_new_tokens)
+        cache["hf_start"] = time.perf_counter() - t0
+    backend = cache["hf"]
+
+    def run(queries):
+        order = sorted(queries, key=len)  # the same length-sorted batching as `instag tag`
+        gens = []
+        for i in range(0, len(order), batch_size):
+            gens += backend.generate(order[i:i + batch_size])
+        return gens
+
+    return run, cache["hf_start"], None
+
+
+def vllm_runner(resolved, max_new_tokens: int):
+    from instag.tagger.backends.vllm_engine import VLLMBackend
+
+    t0 = time.perf_counter()
+    backend = VLLMBackend(resolved, max_new_tokens=max_new_tokens, guided=True)
+    return backend.generate, time.perf_counter() - t0, backend.close
+
+
+def server_runner(resolved, max_new_tokens: int, clients: int):
+    from instag.serve.server import Server
+    from instag.tagger.backends.openai_api import OpenAIBackend
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.perf_counter()
+    server = Server(resolved, port=port, log_path=REPO / "benchmarks" / "results" / "vllm_server.log").start()
+    start = time.perf_counter() - t0
+
+    def run(queries):
+        async def go():
+            api = OpenAIBackend("instag-tagger", base_url=server.base_url, target=resolved.target, guided=True,
+                                max_tokens=max_new_tokens, concurrency=clients, timeout=600)
+            sem = asyncio.Semaphore(clients)
+
+            async def one(q):
+                async with sem:
+                    return await api.agenerate(q)
+
+            try:
+                return await asyncio.gather(*(one(q) for q in queries))
+            finally:
+                await api.aclose()
+
+        return asyncio.run(go())
+
+    return run, start, server.stop
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", default="local")
-    ap.add_argument("--n", type=int, default=64, help="queries per run")
-    ap.add_argument("--batch-sizes", default="1,8,32")
+    ap.add_argument("--n", type=int, default=256, help="queries per run")
+    ap.add_argument("--engines", default="hf1,hf8,hf32,vllm,vllm-server")
     ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=1, help="runs per setting; the median is reported")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per engine; the median is reported")
+    ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "tag_throughput.json"))
     args = ap.parse_args()
 
     queries = sample_queries(args.n)
     resolved = resolve(args.model)
-    backend = HFBackend(resolved, max_new_tokens=args.max_new_tokens)
-    backend.generate(queries[:2])  # warm-up
+    cache: dict = {}
     rows = []
-    for bs in (int(x) for x in args.batch_sizes.split(",")):
-        runs = [run(backend, queries, bs) for _ in range(args.repeats)]
+    for engine in args.engines.split(","):
+        if engine.startswith("hf"):
+            run, start, close = hf_runner(resolved, int(engine[2:]), args.max_new_tokens, cache)
+        elif engine == "vllm":
+            run, start, close = vllm_runner(resolved, args.max_new_tokens)
+        elif engine == "vllm-server":
+            run, start, close = server_runner(resolved, args.max_new_tokens, args.clients)
+        else:
+            raise SystemExit(f"unknown engine {engine}")
+        try:
+            run(queries[:4])  # warm-up
+            runs = [timed(run, queries) for _ in range(args.repeats)]
+        finally:
+            if close:
+                close()
         med = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
-        rows.append({"engine": "transformers", "batch_size": bs, **med,
-                     "seconds_all": [r["seconds"] for r in runs]})
-    table = Table(title=f"tag throughput: {resolved.name}, {args.n} queries, max_new_tokens {args.max_new_tokens}")
-    for col in ("engine", "batch", "queries/s", "out tokens/s", "seconds", "parsed"):
+        rows.append({"engine": engine, **med, "start_seconds": round(start, 1),
+                     "queries_per_s_all": [round(r["queries_per_s"], 3) for r in runs]})
+        print(rows[-1], flush=True)
+    base = next((r["queries_per_s"] for r in rows if r["engine"] == "hf1"), None)
+    table = Table(title=f"tag throughput: {resolved.name}, {args.n} queries, max_new_tokens {args.max_new_tokens}, "
+                        f"median of {args.repeats}")
+    for col in ("engine", "start s", "queries/s", "out tokens/s", "x one-at-a-time", "parsed"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(r["engine"], str(r["batch_size"]), f"{r['queries_per_s']:.2f}",
-                      f"{r['output_tokens_per_s']:.1f}", f"{r['seconds']:.1f}", f"{r['parsed']}/{args.n}")
+        table.add_row(r["engine"], f"{r['start_seconds']:.0f}", f"{r['queries_per_s']:.2f}",
+                      f"{r['output_tokens_per_s']:.1f}", f"{r['queries_per_s'] / base:.1f}" if base else "-",
+                      f"{r['parsed']}/{args.n}")
     Console().print(table)
     write_json(args.out, {"benchmark": "tag_throughput", "model": resolved.describe(), "n": args.n,
-                          "max_new_tokens": args.max_new_tokens, "machine": machine(), "results": rows,
-                          "median_of": args.repeats, "date": time.strftime("%Y-%m-%d"),
-                          "speedup_vs_bs1": {r["batch_size"]: r["queries_per_s"] / rows[0]["queries_per_s"]
-                                             for r in rows} if rows else {},
-                          "mean_parsed": statistics.mean(r["parsed"] for r in rows) if rows else 0})
+                          "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "clients": args.clients,
+                          "machine": machine(), "results": rows, "date": time.strftime("%Y-%m-%d"),
+                          "median_queries_per_s": statistics.median(r["queries_per_s"] for r in rows) if rows else 0})
 
 
 if __name__ == "__main__":
