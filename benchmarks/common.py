@@ -47,7 +47,8 @@ def machine() -> dict:
             "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def write_json(path: Path, payload: dict) -> None:
+def write_json(path: str | Path, payload: dict) -> None:
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {path}")
