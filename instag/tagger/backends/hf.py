@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from instag.tagger.backends import Generation
+from instag.tagger.backends import Generation, truncate_tokens
 from instag.tagger.models import ResolvedModel
 from instag.tagger.prompt import ANSWER_PREFIX, render_prompt
 
@@ -63,10 +63,7 @@ class HFBackend:
         return self.resolved.name
 
     def truncate(self, query: str, max_tokens: int) -> tuple[str, bool]:
-        ids = self.tokenizer(query, add_special_tokens=False)["input_ids"]
-        if len(ids) <= max_tokens:
-            return query, False
-        return self.tokenizer.decode(ids[:max_tokens], skip_special_tokens=True), True
+        return truncate_tokens(self.tokenizer, query, max_tokens)
 
     def prompts(self, queries: list[str]) -> list[str]:
         return [render_prompt(self.tokenizer, q, self.target) for q in queries]

@@ -20,7 +20,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from instag.tagger.backends import Generation
+from instag.tagger.backends import Generation, truncate_tokens
 from instag.tagger.models import ResolvedModel
 from instag.tagger.prompt import ANSWER_PREFIX, ANSWER_SCHEMAS, build_messages, render_prompt
 
@@ -94,10 +94,7 @@ class VLLMBackend:
         return self.resolved.name
 
     def truncate(self, query: str, max_tokens: int) -> tuple[str, bool]:
-        ids = self.tokenizer(query, add_special_tokens=False)["input_ids"]
-        if len(ids) <= max_tokens:
-            return query, False
-        return self.tokenizer.decode(ids[:max_tokens], skip_special_tokens=True), True
+        return truncate_tokens(self.tokenizer, query, max_tokens)
 
     def sampling_params(self):
         from vllm import SamplingParams
