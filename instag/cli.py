@@ -176,9 +176,7 @@ def normalize_cmd(
         try:
             res = normalize_file(input, output, map_path, params, apply_map=apply_map,
                                  progress=lambda step: status.update(f"normalizing: {step}"))
-        except InputError as e:
-            _fail(str(e))
-        except ValueError as e:
+        except (InputError, ValueError) as e:
             _fail(str(e))
     t = Table(title=f"instag normalize -> {output}")
     for col in ("step", "tags before", "tags after", "occurrences before", "after", "dropped", "merged", "seconds"):

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from instag.select.normalize import EmbedFn, rule_key
+from instag.select.normalize import EmbedFn, rule_key, unit_rows
 
 SEMANTIC_THRESHOLD = 0.8
 
@@ -87,9 +87,7 @@ def score(preds: Sequence[Sequence[str]], golds: Sequence[Sequence[str]], embed:
     if embed is not None:
         vocab = sorted({t.strip() for tags in list(preds) + list(golds) for t in tags if t.strip()})
         if vocab:
-            m = np.asarray(embed(vocab), dtype=np.float32)
-            m /= np.linalg.norm(m, axis=1, keepdims=True) + 1e-12
-            vec = dict(zip(vocab, m))
+            vec = dict(zip(vocab, unit_rows(embed(vocab))))
     for pred, gold in zip(preds, golds):
         for name, key in (("exact", str.strip), ("rule", rule_key), ("semantic", str.strip)):
             prf = levels[name]

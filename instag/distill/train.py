@@ -40,7 +40,7 @@ class DistillConfig:
     max_length: int = 512
     seed: int = 0
     warmup_ratio: float = 0.05
-    save_steps: int = 50  # checkpoints: every epoch and every save_steps optimizer steps
+    save_steps: int = 50  # a checkpoint every save_steps optimizer steps; resume starts from the latest
     name: str | None = None
     max_steps: int = -1  # for smoke runs
 

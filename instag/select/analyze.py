@@ -37,9 +37,9 @@ class DatasetStats:
 
 
 def dataset_stats(name: str, tag_lists: Sequence[Sequence[str]], skipped: int = 0) -> tuple[DatasetStats, Counter]:
-    freq: Counter = Counter()
-    for tags in tag_lists:
-        freq.update(set(tags))
+    from instag.select.normalize import count_tags
+
+    freq = count_tags(tag_lists)
     lens = sorted(len(t) for t in tag_lists)
     n = len(lens)
     median = 0.0 if not n else (lens[n // 2] if n % 2 else (lens[n // 2 - 1] + lens[n // 2]) / 2)

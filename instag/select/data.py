@@ -24,10 +24,6 @@ class TagFile:
     def tag_lists(self, normalized: bool | None = None) -> list[list[str]]:
         return [tag_strings(self.records[i], normalized) for i in self.usable]
 
-    @property
-    def has_normalized(self) -> bool:
-        return any(NORMALIZED_FIELD in r for r in self.records)
-
 
 def tag_strings(rec: dict[str, Any], normalized: bool | None = None) -> list[str]:
     """A record's tags as strings; ``normalized`` None means: normalized tags when present."""

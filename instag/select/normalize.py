@@ -148,6 +148,12 @@ def sentence_transformer_embedder(model: str = DEFAULT_EMBED_MODEL, device: str 
     return embed
 
 
+def unit_rows(vecs: np.ndarray) -> np.ndarray:
+    """Embeddings as float32 rows of unit length (cosine similarity is then a dot product)."""
+    vecs = np.asarray(vecs, dtype=np.float32)
+    return vecs / (np.linalg.norm(vecs, axis=1, keepdims=True) + 1e-12)
+
+
 def semantic_aggregate(freq: Counter, embed: EmbedFn, eps: float = 0.1, min_samples: int = 2
                        ) -> tuple[dict[str, str], float]:
     """DBSCAN over tag embeddings with cosine distance ``eps``; returns (mapping, embedding seconds).
@@ -163,9 +169,9 @@ def semantic_aggregate(freq: Counter, embed: EmbedFn, eps: float = 0.1, min_samp
     if len(tags) < 2:
         return {}, 0.0
     t0 = time.time()
-    vecs = np.asarray(embed(tags), dtype=np.float32)
+    vecs = embed(tags)
     embed_seconds = time.time() - t0
-    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True) + 1e-12
+    vecs = unit_rows(vecs)
     labels = DBSCAN(eps=math.sqrt(2 * eps), min_samples=min_samples, metric="euclidean").fit_predict(vecs)
     groups: dict[int, list[str]] = {}
     for t, lab in zip(tags, labels):

@@ -69,9 +69,9 @@ def engine_kwargs(resolved: ResolvedModel, *, dtype: str = "auto", max_model_len
 
 
 class VLLMBackend:
-    """Offline batched generation with ``vllm.LLM``; :meth:`generate` takes the whole input at once."""
+    """Offline batched generation with ``vllm.LLM``; :meth:`generate` takes many queries per call."""
 
-    offline = True  # the runner hands it every pending query in one call (continuous batching)
+    offline = True  # the runner hands it large chunks (OFFLINE_CHUNK queries) to batch continuously
 
     def __init__(self, resolved: ResolvedModel, *, max_new_tokens: int = 256, guided: bool = True,
                  **engine_kw: Any):
