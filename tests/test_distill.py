@@ -115,6 +115,17 @@ def test_training_resumes_from_the_latest_checkpoint(tiny_model_dir, teacher_fil
     assert max(h["step"] for h in res.log_history) == 12
 
 
+def test_a_checkpoint_is_written_at_the_end_of_each_epoch(tiny_model_dir, teacher_file, tmp_path):
+    out = tmp_path / "adapter"
+    # 6 usable examples, batch 3: 2 optimizer steps per epoch; save_steps far away, so only epoch ends save
+    distill(DistillConfig(train=str(teacher_file), output=str(out), base=str(tiny_model_dir), r=4, alpha=8,
+                          batch_size=3, epochs=2, save_steps=1000, seed=0), progress=False)
+    ckpts = sorted(p.name for p in (out / "run").glob("checkpoint-*"))
+    assert ckpts == ["checkpoint-2", "checkpoint-4"]
+    state = json.loads((out / "run" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["epoch"] == 1.0
+
+
 # ---------------------------------------------------------------- evaluation metrics
 
 

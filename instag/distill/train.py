@@ -68,6 +68,18 @@ def latest_checkpoint(run_dir: Path) -> str | None:
     return str(ckpts[-1]) if ckpts else None
 
 
+def _save_each_epoch():
+    """A Trainer callback that also checkpoints at the end of every epoch (besides every save_steps)."""
+    from transformers import TrainerCallback
+
+    class SaveEachEpoch(TrainerCallback):
+        def on_epoch_end(self, args, state, control, **kwargs):
+            control.should_save = True
+            return control
+
+    return SaveEachEpoch()
+
+
 def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, callbacks: list | None = None
             ) -> DistillResult:
     import torch
@@ -112,7 +124,7 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, call
     trainer = Trainer(model=model, args=args, train_dataset=to_ds(train.examples),
                       eval_dataset=to_ds(eval_data.examples) if eval_data else None,
                       data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100),
-                      callbacks=callbacks)
+                      callbacks=[_save_each_epoch(), *(callbacks or [])])
     ckpt = latest_checkpoint(run_dir) if resume else None
     if ckpt:
         log.warning("resuming from %s", ckpt)
