@@ -149,9 +149,14 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, call
                          meta["seconds"], trainer.state.log_history)
 
 
-def write_card(adapter_dir: Path, meta: dict[str, Any], metrics: dict[str, Any] | None = None) -> None:
-    """The adapter's model card: base, data, training, and evaluation when known."""
+def write_card(adapter_dir: Path, meta: dict[str, Any], metrics: dict[str, Any] | None = None,
+               baseline: dict[str, Any] | None = None) -> None:
+    """The adapter's model card: base, data, training, and evaluation (and the base model's, as the
+    baseline) when known."""
     cfg = meta["config"]
+    losses = [f"{label} {meta[key]:.3f}" for label, key in
+              (("first", "train_loss_first"), ("last", "train_loss_last"), ("eval", "eval_loss"))
+              if meta.get(key) is not None]
     lines = [
         f"# {meta['name']}", "",
         "An instag tagger: a LoRA adapter that tags user queries of instruction data with open-set intent tags "
@@ -163,12 +168,18 @@ def write_card(adapter_dir: Path, meta: dict[str, Any], metrics: dict[str, Any] 
         f"| LoRA | r={cfg['r']}, alpha={cfg['alpha']}, dropout={cfg['dropout']}, modules {', '.join(cfg['target_modules'])} |",
         f"| training | {cfg['epochs']} epochs, lr {cfg['lr']}, batch {cfg['batch_size']}x{cfg['grad_accum']}, "
         f"max length {cfg['max_length']}, seed {cfg['seed']} |",
-        f"| loss | first {meta['train_loss_first']}, last {meta['train_loss_last']}, eval {meta['eval_loss']} |",
+        f"| loss | {', '.join(losses)} |",
         f"| trained | {meta['date']} in {meta['seconds']} s |", "",
         "Use: `instag tag data.jsonl -o tags.jsonl --model <this directory>`.",
     ]
     if metrics:
-        lines += ["", "## Evaluation against the teacher (held-out)", "", metrics_table(metrics)]
+        gold = metrics.get("gold", "held-out teacher tags")
+        lines += ["", "## Evaluation against the teacher (held-out)", "",
+                  f"`instag eval` on `{gold}` ({metrics['queries']} queries):", "", metrics_table(metrics)]
+    if baseline:
+        base = baseline.get("model", meta["base"])
+        lines += ["", f"Baseline: the base model `{base}` without the adapter, full InsTag format.", "",
+                  metrics_table(baseline)]
     (adapter_dir / "README.md").write_text("\n".join(lines) + "\n")
 
 
