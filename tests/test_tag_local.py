@@ -113,12 +113,34 @@ def test_bad_input_exit_codes(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_embedded_model_tags_the_sample_file(tmp_path):
+def test_local_is_the_shipped_distilled_adapter_and_tags_the_sample_file(tmp_path):
+    """README's first command: `--model local` is the registered default adapter on the embedded model."""
+    from instag.tagger.models import default_adapter, resolve
+    from tests.conftest import REPO
+
+    name, path = default_adapter()
+    assert path == REPO / "models" / name
+    resolved = resolve("local")
+    assert (resolved.name, resolved.target, resolved.adapter) == (name, "tags", str(path))
+    out = tmp_path / "sample_tags.jsonl"
+    res = runner.invoke(app, ["tag", str(REPO / "examples" / "sample.jsonl"), "-o", str(out), "--model", "local",
+                              "--engine", "transformers", "-q"])
+    assert res.exit_code == 0, res.output
+    recs = read_jsonl(out)
+    assert len(recs) == 5 and all(r["model"] == name for r in recs)
+    assert all(r["status"] == "ok" and 2 <= len(r["tags"]) <= 8 for r in recs), [r["raw"] for r in recs]
+    assert all(r["raw"].startswith('["') for r in recs)  # the compact format it was trained for
+    code = next(r for r in recs if "python" in r["query"].lower() or "function" in r["query"].lower())
+    assert any("code" in t["tag"] or "python" in t["tag"] for t in code["tags"]), code["tags"]
+
+
+@pytest.mark.slow
+def test_the_base_model_alone_still_tags_in_the_full_format(tmp_path):
     from tests.conftest import REPO
 
     out = tmp_path / "sample_tags.jsonl"
-    res = runner.invoke(app, ["tag", str(REPO / "examples" / "sample.jsonl"), "-o", str(out), "--model", "local",
-                              "--max-new-tokens", "64", "-q"])
+    res = runner.invoke(app, ["tag", str(REPO / "examples" / "sample.jsonl"), "-o", str(out), "--model",
+                              "smollm2-135m-instruct", "--max-new-tokens", "64", "-q"])
     assert res.exit_code == 0, res.output
     recs = read_jsonl(out)
     assert len(recs) == 5
