@@ -126,6 +126,7 @@ def main() -> None:
         rows.append({"engine": engine, **med, "start_seconds": round(start, 1),
                      "queries_per_s_all": [round(r["queries_per_s"], 3) for r in runs]})
         print(rows[-1], flush=True)
+        save(args, resolved, rows)  # after every engine: a long run that is stopped keeps what it measured
     base = next((r["queries_per_s"] for r in rows if r["engine"] == "hf1"), None)
     table = Table(title=f"tag throughput: {resolved.name}, {args.n} queries, max_new_tokens {args.max_new_tokens}, "
                         f"median of {args.repeats}")
@@ -136,6 +137,9 @@ def main() -> None:
                       f"{r['output_tokens_per_s']:.1f}", f"{r['queries_per_s'] / base:.1f}" if base else "-",
                       f"{r['parsed']}/{args.n}")
     Console().print(table)
+
+
+def save(args, resolved, rows: list[dict]) -> None:
     write_json(args.out, {"benchmark": "tag_throughput", "model": resolved.describe(), "n": args.n,
                           "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "clients": args.clients,
                           "machine": machine(), "results": rows, "date": time.strftime("%Y-%m-%d"),
