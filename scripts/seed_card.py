@@ -57,10 +57,10 @@ def main() -> int:
         f"Most frequent: {top}.", "", ""])
     card = SEED / "README.md"
     text = card.read_text(encoding="utf-8")
-    new = re.sub(r"## Counts.*?(?=## Licenses)", lambda _: section, text, flags=re.S)
-    if new == text and "## Counts" not in text:
-        raise SystemExit(f"{card}: no '## Counts' section to rewrite")
-    card.write_text(new, encoding="utf-8")
+    counts = re.compile(r"## Counts.*?(?=## Licenses)", flags=re.S)
+    if not counts.search(text):
+        raise SystemExit(f"{card}: no '## Counts' section before '## Licenses' to rewrite")
+    card.write_text(counts.sub(lambda _: section, text), encoding="utf-8")
     print(section)
     return 0
 

@@ -1,4 +1,4 @@
-"""Copy a trained adapter into models/ with its card and eval numbers, and register it.
+"""Copy a trained adapter into models/ (or $INSTAG_MODELS_DIR) with its card and eval numbers, and register it.
 
     python scripts/ship_adapter.py RUN_DIR --eval EVAL_DIR [--baseline BASE_EVAL_DIR] [--name NAME] [--default]
 
@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from instag.distill.train import write_card  # noqa: E402
-from instag.tagger.models import ADAPTER_META, load_registry  # noqa: E402
+from instag.tagger.models import ADAPTER_META, load_registry, models_dir  # noqa: E402
 
 FILES = ["adapter_model.safetensors", "adapter_config.json", ADAPTER_META, "log_history.json",
          "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"]
@@ -43,7 +43,7 @@ def main() -> int:
 
     meta = json.loads((a.run_dir / ADAPTER_META).read_text())
     name = a.name or meta["name"]
-    dest = REPO / "models" / name
+    dest = models_dir() / name  # where load_registry() and `--model local` look
     dest.mkdir(parents=True, exist_ok=True)
     for f in FILES:
         if (a.run_dir / f).exists():
@@ -81,7 +81,7 @@ def main() -> int:
                        + ", ".join(f"{k} {v['f1']:.3f}" for k, v in metrics["levels"].items()),
         **({"default": True} if a.default else {}),
     }
-    (REPO / "models" / "registry.json").write_text(json.dumps(reg, indent=2) + "\n")
+    (models_dir() / "registry.json").write_text(json.dumps(reg, indent=2) + "\n")
     size = sum(p.stat().st_size for p in dest.iterdir())
     print(f"{dest}: {len(list(dest.iterdir()))} files, {size / 1e6:.1f} MB; registered as {name!r}"
           f"{' (default for --model local)' if a.default else ''}")
