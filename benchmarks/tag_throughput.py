@@ -1,12 +1,15 @@
 """Tagging throughput by engine on the same real queries from the shared pool.
 
     python benchmarks/tag_throughput.py [--model local] [--n 256] [--repeats 3]
-        [--engines hf1,hf8,hf32,vllm,vllm-server] [--max-new-tokens 64]
+        [--engines hf1,hf8,hf32,vllm,vllm-server] [--max-new-tokens 64] [--queries FILE]
 
 Engines: ``hfN`` = transformers with batch size N (hf1 is the one-at-a-time loop); ``vllm`` = vLLM
-offline (continuous batching, guided JSON); ``vllm-server`` = vLLM's OpenAI-compatible server with
-``--clients`` concurrent clients through instag's own API backend. Engine start-up is timed apart and
-not counted in queries/s. Prints a table and writes benchmarks/results/tag_throughput.json.
+offline (continuous batching, guided JSON; an adapter runs merged into its base on CPU, as LoRA on a
+GPU); ``vllm-lora`` / ``vllm-merged`` force one of the two; ``vllm-server`` = vLLM's OpenAI-compatible
+server with ``--clients`` concurrent clients through instag's own API backend. ``ENGINE@N`` runs that
+engine on N queries instead of --n (the query sample is cycled when N exceeds it), reusing a started
+engine: ``hf1@32,vllm,vllm@16384``. Engine start-up is timed apart and not counted in queries/s.
+Prints a table and writes benchmarks/results/tag_throughput.json.
 """
 
 from __future__ import annotations
@@ -53,11 +56,11 @@ def hf_runner(resolved, batch_size: int, max_new_tokens: int, cache: dict):
     return run, cache["hf_start"], None
 
 
-def vllm_runner(resolved, max_new_tokens: int):
+def vllm_runner(resolved, max_new_tokens: int, merge: bool | None):
     from instag.tagger.backends.vllm_engine import VLLMBackend
 
     t0 = time.perf_counter()
-    backend = VLLMBackend(resolved, max_new_tokens=max_new_tokens, guided=True)
+    backend = VLLMBackend(resolved, max_new_tokens=max_new_tokens, guided=True, merge=merge)
     return backend.generate, time.perf_counter() - t0, backend.close
 
 
@@ -70,6 +73,7 @@ def server_runner(resolved, max_new_tokens: int, clients: int):
         port = s.getsockname()[1]
     t0 = time.perf_counter()
     server = Server(resolved, port=port, log_path=REPO / "benchmarks" / "results" / "vllm_server.log").start()
+    # (adapters: merged into the base on CPU, LoRA on a GPU, as `instag serve` does)
     start = time.perf_counter() - t0
 
     def run(queries):
@@ -92,6 +96,22 @@ def server_runner(resolved, max_new_tokens: int, clients: int):
     return run, start, server.stop
 
 
+def load_queries(path: str) -> list[str]:
+    from instag.io import read_queries
+
+    return [q.query for q in read_queries(path)]
+
+
+def start_engine(kind: str, resolved, args):
+    if kind.startswith("hf"):
+        return hf_runner(resolved, int(kind[2:]), args.max_new_tokens, {})
+    if kind in ("vllm", "vllm-lora", "vllm-merged"):
+        return vllm_runner(resolved, args.max_new_tokens, {"vllm": None, "vllm-lora": False, "vllm-merged": True}[kind])
+    if kind == "vllm-server":
+        return server_runner(resolved, args.max_new_tokens, args.clients)
+    raise SystemExit(f"unknown engine {kind}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", default="local")
@@ -100,47 +120,47 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3, help="runs per engine; the median is reported")
     ap.add_argument("--clients", type=int, default=64)
+    ap.add_argument("--queries", help="JSONL/JSON/CSV/parquet of queries to sample from (default: the shared pool)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "tag_throughput.json"))
     args = ap.parse_args()
 
-    queries = sample_queries(args.n)
+    specs = [(e.split("@")[0], int(e.split("@")[1]) if "@" in e else args.n) for e in args.engines.split(",")]
+    pool = load_queries(args.queries) if args.queries else sample_queries(max(n for _, n in specs))
     resolved = resolve(args.model)
-    cache: dict = {}
     rows = []
-    for engine in args.engines.split(","):
-        if engine.startswith("hf"):
-            run, start, close = hf_runner(resolved, int(engine[2:]), args.max_new_tokens, cache)
-        elif engine == "vllm":
-            run, start, close = vllm_runner(resolved, args.max_new_tokens)
-        elif engine == "vllm-server":
-            run, start, close = server_runner(resolved, args.max_new_tokens, args.clients)
-        else:
-            raise SystemExit(f"unknown engine {engine}")
-        try:
-            run(queries[:4])  # warm-up
-            runs = [timed(run, queries) for _ in range(args.repeats)]
-        finally:
-            if close:
-                close()
-        med = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
-        rows.append({"engine": engine, **med, "start_seconds": round(start, 1),
-                     "queries_per_s_all": [round(r["queries_per_s"], 3) for r in runs]})
-        print(rows[-1], flush=True)
-        save(args, resolved, rows)  # after every engine: a long run that is stopped keeps what it measured
+    engine = None  # (kind, run, start, close): one engine at a time, reused by consecutive rows of its kind
+    try:
+        for kind, n in specs:
+            if engine is None or engine[0] != kind:
+                if engine and engine[3]:
+                    engine[3]()
+                engine = (kind, *start_engine(kind, resolved, args))
+                engine[1](pool[:4])  # warm-up
+            queries = [pool[i % len(pool)] for i in range(n)]
+            runs = [timed(engine[1], queries) for _ in range(args.repeats)]
+            med = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
+            rows.append({"engine": kind, "n": n, **med, "start_seconds": round(engine[2], 1),
+                         "queries_per_s_all": [round(r["queries_per_s"], 3) for r in runs]})
+            print(rows[-1], flush=True)
+            save(args, resolved, rows)  # after every engine: a long run that is stopped keeps what it measured
+    finally:
+        if engine and engine[3]:
+            engine[3]()
     base = next((r["queries_per_s"] for r in rows if r["engine"] == "hf1"), None)
-    table = Table(title=f"tag throughput: {resolved.name}, {args.n} queries, max_new_tokens {args.max_new_tokens}, "
+    table = Table(title=f"tag throughput: {resolved.name}, max_new_tokens {args.max_new_tokens}, "
                         f"median of {args.repeats}")
-    for col in ("engine", "start s", "queries/s", "out tokens/s", "x one-at-a-time", "parsed"):
+    for col in ("engine", "queries", "start s", "queries/s", "out tokens/s", "x one-at-a-time", "parsed"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(r["engine"], f"{r['start_seconds']:.0f}", f"{r['queries_per_s']:.2f}",
+        table.add_row(r["engine"], str(r["n"]), f"{r['start_seconds']:.0f}", f"{r['queries_per_s']:.2f}",
                       f"{r['output_tokens_per_s']:.1f}", f"{r['queries_per_s'] / base:.1f}" if base else "-",
-                      f"{r['parsed']}/{args.n}")
+                      f"{r['parsed']}/{r['n']}")
     Console().print(table)
 
 
 def save(args, resolved, rows: list[dict]) -> None:
     write_json(args.out, {"benchmark": "tag_throughput", "model": resolved.describe(), "n": args.n,
+                          "queries": args.queries or "shared pool sample",
                           "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "clients": args.clients,
                           "machine": machine(), "results": rows, "date": time.strftime("%Y-%m-%d"),
                           "median_queries_per_s": statistics.median(r["queries_per_s"] for r in rows) if rows else 0})

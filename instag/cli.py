@@ -74,6 +74,9 @@ def tag(
     price_in: float = typer.Option(0.0, help="API price per 1M prompt tokens, for the cost line."),
     price_out: float = typer.Option(0.0, help="API price per 1M completion tokens."),
     device: str = typer.Option("auto", help="Local device: auto, cpu, cuda."),
+    merge_adapter: Optional[bool] = typer.Option(None, "--merge-adapter/--lora",
+                                                 help="vLLM: run an adapter merged into its base, or as LoRA "
+                                                      "(default: merged on CPU, LoRA on GPU)."),
     limit: Optional[int] = typer.Option(None, min=1, help="Tag at most this many pending queries."),
     summary_json: Optional[Path] = typer.Option(None, help="Also write the run summary as JSON here."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -91,7 +94,7 @@ def tag(
                       max_new_tokens=max_new_tokens, max_query_tokens=max_query_tokens, field=field,
                       all_turns=all_turns, skip_bad=skip_bad, concurrency=concurrency, timeout=timeout,
                       max_retries=max_retries, price_in=price_in, price_out=price_out, device=device,
-                      limit=limit, progress=not quiet)
+                      merge_adapter=merge_adapter, limit=limit, progress=not quiet)
     try:
         summary = tag_file(input, output, opts)
     except InputError as e:
@@ -335,6 +338,9 @@ def serve(
     api_key: Optional[str] = typer.Option(None, help="Require this API key (prefer --api-key-env)."),
     max_model_len: int = typer.Option(2048),
     timeout: float = typer.Option(900.0, help="Seconds to wait for the engine to come up."),
+    merge_adapter: Optional[bool] = typer.Option(None, "--merge-adapter/--lora",
+                                                 help="Serve an adapter merged into its base, or as LoRA "
+                                                      "(default: merged on CPU, LoRA on GPU)."),
 ) -> None:
     """Serve the tagger through vLLM's OpenAI-compatible API as model 'instag-tagger'."""
     from instag.tagger.backends.vllm_engine import vllm_available
@@ -349,6 +355,7 @@ def serve(
 
     try:
         code = run_server(model, host=host, port=port, api_key=key, timeout=timeout, max_model_len=max_model_len,
+                          merge=merge_adapter,
                           echo=lambda m: err.print(m, highlight=False, soft_wrap=True))
     except (ModelError, RuntimeError, TimeoutError) as e:
         _fail(str(e))

@@ -52,7 +52,8 @@ def server(adapter_dir, tmp_path_factory):
     from instag.tagger.models import resolve
 
     log = tmp_path_factory.mktemp("vllm") / "server.log"
-    srv = Server(resolve(str(adapter_dir)), port=free_port(), api_key=KEY, log_path=log)
+    # LoRA, as on a GPU; test_clean_shutdown runs the CPU default (the adapter merged into its base).
+    srv = Server(resolve(str(adapter_dir)), port=free_port(), api_key=KEY, log_path=log, merge=False)
     try:
         srv.start(timeout=600, max_model_len=1024)
     except Exception:
@@ -100,27 +101,35 @@ def test_instag_tag_through_the_server_with_guided_json(server, alpaca_file, tmp
     assert runner.invoke(app, args).exit_code == 0 and len(read_jsonl(out)) == 12  # resume: nothing redone
 
 
-def test_clean_shutdown(adapter_dir, tmp_path):
+def test_clean_shutdown(adapter_dir, tmp_path, monkeypatch):
+    """Also the CPU default: the adapter merged into its base, served under both names."""
     from instag.serve.server import Server
     from instag.tagger.models import resolve
 
+    monkeypatch.setenv("INSTAG_CACHE", str(tmp_path / "cache"))
     srv = Server(resolve(str(adapter_dir)), port=free_port(), log_path=tmp_path / "log")
     srv.start(timeout=600, max_model_len=512)
+    model_arg = srv.command[srv.command.index("--model") + 1]
+    assert "--enable-lora" not in srv.command and model_arg.startswith(str(tmp_path / "cache"))
     assert httpx.get(f"http://127.0.0.1:{srv.port}/health", timeout=5).status_code == 200
+    ids = {m["id"] for m in httpx.get(f"{srv.base_url}/models", timeout=10).json()["data"]}
+    assert "instag-tagger" in ids
     code = srv.stop()
     assert code is not None and srv.proc.poll() is not None
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{srv.port}/health", timeout=5)
 
 
-@pytest.mark.parametrize("guided", [True, False])
-def test_offline_vllm_engine_tags_with_base_and_adapter(adapter_dir, alpaca_file, tmp_path, guided):
+@pytest.mark.parametrize("guided,merge", [(True, "--merge-adapter"), (False, "--lora")])
+def test_offline_vllm_engine_tags_with_base_and_adapter(adapter_dir, alpaca_file, tmp_path, guided, merge, monkeypatch):
+    monkeypatch.setenv("INSTAG_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "tags.jsonl"
     res = runner.invoke(app, ["tag", str(alpaca_file), "-o", str(out), "--model", str(adapter_dir), "--engine", "vllm",
-                              "--guided" if guided else "--no-guided", "--max-new-tokens", "24", "-q"])
+                              "--guided" if guided else "--no-guided", merge, "--max-new-tokens", "24", "-q"])
     assert res.exit_code == 0, res.output
     recs = read_jsonl(out)
     assert len(recs) == 12 and all(r["model"] == "tiny-tagger" for r in recs)
+    assert (tmp_path / "cache" / "models" / "tiny-tagger-merged").exists() == (merge == "--merge-adapter")
     if guided:
         assert all(r["status"] == "ok" for r in recs)
     else:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from instag.tagger.backends.vllm_engine import LORA_NAME, engine_kwargs
+from instag.tagger.backends.vllm_engine import LORA_NAME, engine_kwargs, for_vllm
 from instag.tagger.models import ResolvedModel, resolve
 
 SERVED_NAME = LORA_NAME
@@ -38,6 +38,8 @@ def server_command(resolved: ResolvedModel, *, host: str = "127.0.0.1", port: in
     if resolved.adapter:
         cmd += ["--served-model-name", resolved.name, "--enable-lora", "--max-loras", "1",
                 "--max-lora-rank", str(kw["max_lora_rank"]), "--lora-modules", f"{SERVED_NAME}={resolved.adapter}"]
+    elif resolved.name != SERVED_NAME:
+        cmd += ["--served-model-name", SERVED_NAME, resolved.name]  # a merged adapter answers to both names
     else:
         cmd += ["--served-model-name", SERVED_NAME]
     if api_key:
@@ -54,6 +56,7 @@ class Server:
     port: int = 8000
     api_key: str | None = None
     log_path: Path | None = None
+    merge: bool | None = None  # adapter merged into the base (None: on CPU only), see vllm_engine.for_vllm
     command: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
 
@@ -62,7 +65,8 @@ class Server:
         return f"http://{self.host}:{self.port}/v1"
 
     def start(self, timeout: float = 600.0, **cmd_kw) -> Server:
-        self.command = server_command(self.resolved, host=self.host, port=self.port, api_key=self.api_key, **cmd_kw)
+        self.command = server_command(for_vllm(self.resolved, self.merge), host=self.host, port=self.port,
+                                      api_key=self.api_key, **cmd_kw)
         out = open(self.log_path, "ab") if self.log_path else None
         env = {**os.environ, "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
         self.proc = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT if out else None,
@@ -115,9 +119,9 @@ def example(server: Server) -> str:
 
 
 def serve(model: str = "local", host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          timeout: float = 900.0, echo=print, **cmd_kw) -> int:  # noqa: ANN001
+          timeout: float = 900.0, merge: bool | None = None, echo=print, **cmd_kw) -> int:  # noqa: ANN001
     """Start the server, say where it is once it is ready, and keep it up until interrupted."""
-    server = Server(resolve(model), host=host, port=port, api_key=api_key)
+    server = Server(resolve(model), host=host, port=port, api_key=api_key, merge=merge)
     echo(f"starting vLLM for {server.resolved.describe()} on {server.base_url} ...")
     try:
         server.start(timeout=timeout, **cmd_kw)

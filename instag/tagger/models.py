@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 REPO_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 ADAPTER_META = "instag_adapter.json"  # written beside a peft adapter by `instag distill`
 CONVERT_META = "instag_convert.json"
+MERGE_META = "instag_merge.json"
 
 _BUILTIN_REGISTRY: dict[str, Any] = {
     "default": "smollm2-135m-instruct",
@@ -172,6 +173,67 @@ def prepare(name: str) -> Path:
     if "path" in entry:
         return (models_dir() / entry["path"]).resolve()
     return Path(entry["hub_id"])
+
+
+# ---------------------------------------------------------------- merged adapters
+
+
+def tokenizer_source(resolved: ResolvedModel) -> str:
+    """The adapter's own tokenizer files (distill saves them there) when present, else the base's."""
+    files = ("tokenizer.json", "tokenizer_config.json")
+    if resolved.adapter and any((Path(resolved.adapter) / f).exists() for f in files):
+        return resolved.adapter
+    return resolved.base
+
+
+def _adapter_digest(resolved: ResolvedModel) -> str:
+    files = sorted(p for p in Path(resolved.adapter).iterdir() if p.is_file())  # type: ignore[arg-type]
+    parts = [resolved.base] + [f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in files]
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:12]
+
+
+def merge_adapter(resolved: ResolvedModel) -> ResolvedModel:
+    """The adapter folded into its base as one dense checkpoint in the cache (made once per adapter).
+
+    Engines whose LoRA path is slow (vLLM's CPU build) run the merged weights instead: the same model,
+    W + BA computed once instead of at every step. A resolved model without adapter comes back as is.
+    """
+    if not resolved.adapter:
+        return resolved
+    digest = _adapter_digest(resolved)
+    out = cache_dir() / f"{Path(resolved.adapter).name}-merged"
+    meta = out / MERGE_META
+    try:
+        if json.loads(meta.read_text())["digest"] == digest:
+            return ResolvedModel(name=resolved.name, base=str(out), target=resolved.target)
+    except (OSError, ValueError, KeyError):
+        pass
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.time()
+    log.warning("merging adapter %s into %s for this engine (once) -> %s", resolved.adapter, resolved.base, out)
+    base = AutoModelForCausalLM.from_pretrained(resolved.base, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, resolved.adapter).merge_and_unload()
+    tok = AutoTokenizer.from_pretrained(tokenizer_source(resolved))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if Path(resolved.base, "generation_config.json").exists():
+            shutil.copy(Path(resolved.base, "generation_config.json"), tmp)
+        (tmp / MERGE_META).write_text(json.dumps({"adapter": resolved.adapter, "base": resolved.base,
+                                                  "digest": digest, "seconds": round(time.time() - t0, 1)},
+                                                 indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ResolvedModel(name=resolved.name, base=str(out), target=resolved.target)
 
 
 # ---------------------------------------------------------------- resolution

@@ -50,6 +50,7 @@ class TagOptions:
     price_in: float = 0.0  # per 1M prompt tokens
     price_out: float = 0.0  # per 1M completion tokens
     device: str = "auto"
+    merge_adapter: bool | None = None  # vLLM: adapter merged into its base (None: on CPU only)
     limit: int | None = None
     progress: bool = True
 
@@ -120,7 +121,8 @@ def make_backend(opts: TagOptions):
     if engine == "vllm":
         from instag.tagger.backends.vllm_engine import VLLMBackend
 
-        return VLLMBackend(resolved, max_new_tokens=opts.max_new_tokens, guided=opts.guided is not False)
+        return VLLMBackend(resolved, max_new_tokens=opts.max_new_tokens, guided=opts.guided is not False,
+                           merge=opts.merge_adapter)
     from instag.tagger.backends.hf import HFBackend
 
     return HFBackend(resolved, max_new_tokens=opts.max_new_tokens, device=opts.device)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from instag.tagger.backends import Generation, truncate_tokens
-from instag.tagger.models import ResolvedModel
+from instag.tagger.models import ResolvedModel, merge_adapter, tokenizer_source
 from instag.tagger.prompt import ANSWER_PREFIX, ANSWER_SCHEMAS, build_messages, render_prompt
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,18 @@ def on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+def for_vllm(resolved: ResolvedModel, merge: bool | None = None) -> ResolvedModel:
+    """What vLLM should load: base + LoRA adapter, or the adapter merged into a dense checkpoint.
+
+    ``merge=None`` merges on CPU only: vLLM's CPU build runs LoRA layers at every step and was slower
+    than transformers here (benchmarks/tag_throughput.py), while the merged weights cost nothing extra.
+    On a GPU the LoRA path (punica kernels) is kept, so one base can serve several adapters.
+    """
+    if merge is None:
+        merge = not on_gpu()
+    return merge_adapter(resolved) if merge and resolved.adapter else resolved
+
+
 def engine_kwargs(resolved: ResolvedModel, *, dtype: str = "auto", max_model_len: int = 2048,
                   memory_fraction: float | None = None, enforce_eager: bool | None = None,
                   seed: int = 0) -> dict[str, Any]:
@@ -52,7 +64,7 @@ def engine_kwargs(resolved: ResolvedModel, *, dtype: str = "auto", max_model_len
         dtype = "bfloat16" if gpu else "float32"
     kw: dict[str, Any] = {
         "model": resolved.base,
-        "tokenizer": resolved.adapter or resolved.base,
+        "tokenizer": tokenizer_source(resolved),
         "dtype": dtype,
         "max_model_len": max_model_len,
         # On the CPU backend this is the share of host memory reserved for the KV cache.
@@ -74,10 +86,12 @@ class VLLMBackend:
     offline = True  # the runner hands it large chunks (OFFLINE_CHUNK queries) to batch continuously
 
     def __init__(self, resolved: ResolvedModel, *, max_new_tokens: int = 256, guided: bool = True,
-                 **engine_kw: Any):
+                 merge: bool | None = None, **engine_kw: Any):
         from vllm import LLM
 
-        self.resolved = resolved
+        self.resolved = resolved  # records carry its name, merged or not
+        resolved = for_vllm(resolved, merge)
+        self.loaded = resolved
         self.target = resolved.target
         self.max_new_tokens = max_new_tokens
         self.guided = guided
