@@ -9,6 +9,7 @@ GPU); ``vllm-lora`` / ``vllm-merged`` force one of the two; ``vllm-server`` = vL
 server with ``--clients`` concurrent clients through instag's own API backend. ``ENGINE@N`` runs that
 engine on N queries instead of --n (the query sample is cycled when N exceeds it), reusing a started
 engine: ``hf1@32,vllm,vllm@16384``. Engine start-up is timed apart and not counted in queries/s.
+``--dump-queries FILE --n 16384`` writes the sample for a machine without the shared pool.
 Prints a table and writes benchmarks/results/tag_throughput.json.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import socket
 import statistics
 import time
@@ -56,11 +58,13 @@ def hf_runner(resolved, batch_size: int, max_new_tokens: int, cache: dict):
     return run, cache["hf_start"], None
 
 
-def vllm_runner(resolved, max_new_tokens: int, merge: bool | None):
+def vllm_runner(resolved, max_new_tokens: int, merge: bool | None, guided: bool = True,
+                max_num_seqs: int | None = None):
     from instag.tagger.backends.vllm_engine import VLLMBackend
 
     t0 = time.perf_counter()
-    backend = VLLMBackend(resolved, max_new_tokens=max_new_tokens, guided=True, merge=merge)
+    backend = VLLMBackend(resolved, max_new_tokens=max_new_tokens, guided=guided, merge=merge,
+                          max_num_seqs=max_num_seqs)
     return backend.generate, time.perf_counter() - t0, backend.close
 
 
@@ -106,7 +110,8 @@ def start_engine(kind: str, resolved, args):
     if kind.startswith("hf"):
         return hf_runner(resolved, int(kind[2:]), args.max_new_tokens, {})
     if kind in ("vllm", "vllm-lora", "vllm-merged"):
-        return vllm_runner(resolved, args.max_new_tokens, {"vllm": None, "vllm-lora": False, "vllm-merged": True}[kind])
+        merge = {"vllm": None, "vllm-lora": False, "vllm-merged": True}[kind]
+        return vllm_runner(resolved, args.max_new_tokens, merge, not args.unguided, args.max_num_seqs)
     if kind == "vllm-server":
         return server_runner(resolved, args.max_new_tokens, args.clients)
     raise SystemExit(f"unknown engine {kind}")
@@ -120,9 +125,19 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3, help="runs per engine; the median is reported")
     ap.add_argument("--clients", type=int, default=64)
+    ap.add_argument("--unguided", action="store_true", help="vllm engines without the JSON schema (prefill only)")
+    ap.add_argument("--max-num-seqs", type=int, help="vllm engines: sequences in flight (default: vLLM's)")
     ap.add_argument("--queries", help="JSONL/JSON/CSV/parquet of queries to sample from (default: the shared pool)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "tag_throughput.json"))
+    ap.add_argument("--dump-queries", metavar="FILE", help="write the query sample (--n queries) as JSONL and stop: "
+                    "the same queries for a machine without the shared pool (then --queries FILE there)")
     args = ap.parse_args()
+    if args.dump_queries:
+        with open(args.dump_queries, "w", encoding="utf-8") as f:
+            for i, q in enumerate(sample_queries(args.n)):
+                f.write(json.dumps({"id": f"q{i}", "query": q}, ensure_ascii=False) + "\n")
+        print(f"wrote {args.n} queries to {args.dump_queries}")
+        return
 
     specs = [(e.split("@")[0], int(e.split("@")[1]) if "@" in e else args.n) for e in args.engines.split(",")]
     pool = load_queries(args.queries) if args.queries else sample_queries(max(n for _, n in specs))
@@ -160,7 +175,8 @@ def main() -> None:
 
 def save(args, resolved, rows: list[dict]) -> None:
     write_json(args.out, {"benchmark": "tag_throughput", "model": resolved.describe(), "n": args.n,
-                          "queries": args.queries or "shared pool sample",
+                          "queries": args.queries or "shared pool sample", "guided": not args.unguided,
+                          "max_num_seqs": args.max_num_seqs,
                           "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "clients": args.clients,
                           "machine": machine(), "results": rows, "date": time.strftime("%Y-%m-%d"),
                           "median_queries_per_s": statistics.median(r["queries_per_s"] for r in rows) if rows else 0})
