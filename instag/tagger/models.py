@@ -8,6 +8,7 @@ is handled by the API backend, not here.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -18,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from instag.tagger.prompt import Target, check_target
 
@@ -89,6 +90,22 @@ def gguf_path(entry: dict[str, Any]) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _atomic_dir(out: Path) -> Iterator[Path]:
+    """A fresh directory beside ``out`` that replaces it when the block succeeds: a crash midway never
+    leaves half a checkpoint where a later run would take it for a whole one."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _file_digest(path: Path) -> str:
     st = path.stat()
     return hashlib.sha1(f"{path.name}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
@@ -122,9 +139,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     model.tie_weights()
     tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
-    try:
+    with _atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         gen = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
@@ -134,12 +149,6 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
             "source": str(gguf), "source_digest": _file_digest(gguf), "dtype": "float32",
             "seconds": round(time.time() - t0, 1),
         }, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("converted %s -> %s in %.1fs", gguf, out_dir, time.time() - t0)
     return out_dir
 
@@ -201,7 +210,8 @@ def merge_adapter(resolved: ResolvedModel) -> ResolvedModel:
     if not resolved.adapter:
         return resolved
     digest = _adapter_digest(resolved)
-    out = cache_dir() / f"{Path(resolved.adapter).name}-merged"
+    where = hashlib.sha1(str(Path(resolved.adapter).resolve()).encode()).hexdigest()[:8]
+    out = cache_dir() / f"{Path(resolved.adapter).name}-merged-{where}"  # adapters of one name don't collide
     meta = out / MERGE_META
     try:
         if json.loads(meta.read_text())["digest"] == digest:
@@ -217,9 +227,7 @@ def merge_adapter(resolved: ResolvedModel) -> ResolvedModel:
     base = AutoModelForCausalLM.from_pretrained(resolved.base, dtype=torch.float32)
     model = PeftModel.from_pretrained(base, resolved.adapter).merge_and_unload()
     tok = AutoTokenizer.from_pretrained(tokenizer_source(resolved))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
-    try:
+    with _atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         if Path(resolved.base, "generation_config.json").exists():
@@ -227,12 +235,6 @@ def merge_adapter(resolved: ResolvedModel) -> ResolvedModel:
         (tmp / MERGE_META).write_text(json.dumps({"adapter": resolved.adapter, "base": resolved.base,
                                                   "digest": digest, "seconds": round(time.time() - t0, 1)},
                                                  indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ResolvedModel(name=resolved.name, base=str(out), target=resolved.target)
 
 

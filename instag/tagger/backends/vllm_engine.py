@@ -45,9 +45,9 @@ def on_gpu() -> bool:
 def for_vllm(resolved: ResolvedModel, merge: bool | None = None) -> ResolvedModel:
     """What vLLM should load: base + LoRA adapter, or the adapter merged into a dense checkpoint.
 
-    ``merge=None`` merges on CPU only: vLLM's CPU build runs LoRA layers at every step and was slower
-    than transformers here (benchmarks/tag_throughput.py), while the merged weights cost nothing extra.
-    On a GPU the LoRA path (punica kernels) is kept, so one base can serve several adapters.
+    ``merge=None`` merges on CPU only: vLLM's CPU build runs the LoRA layers at every step, 5x slower
+    than the merged weights here (benchmarks/tag_throughput.py, vllm-lora vs vllm-merged). On a GPU the
+    LoRA path (punica kernels) is kept, so one base can serve several adapters.
     """
     if merge is None:
         merge = not on_gpu()
