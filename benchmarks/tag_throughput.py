@@ -39,14 +39,12 @@ def timed(fn, queries: list[str]) -> dict:
             "output_tokens": out_tokens, "parsed": sum(parse_tags(g.text).status == STATUS_OK for g in gens)}
 
 
-def hf_runner(resolved, batch_size: int, max_new_tokens: int, cache: dict):
+def hf_runner(resolved, batch_size: int, max_new_tokens: int):
     from instag.tagger.backends.hf import HFBackend
 
-    if "hf" not in cache:
-        t0 = time.perf_counter()
-        cache["hf"] = HFBackend(resolved, max_new_tokens=max_new_tokens)
-        cache["hf_start"] = time.perf_counter() - t0
-    backend = cache["hf"]
+    t0 = time.perf_counter()
+    backend = HFBackend(resolved, max_new_tokens=max_new_tokens)
+    start = time.perf_counter() - t0
 
     def run(queries):
         order = sorted(queries, key=len)  # the same length-sorted batching as `instag tag`
@@ -55,7 +53,7 @@ def hf_runner(resolved, batch_size: int, max_new_tokens: int, cache: dict):
             gens += backend.generate(order[i:i + batch_size])
         return gens
 
-    return run, cache["hf_start"], None
+    return run, start, None
 
 
 def vllm_runner(resolved, max_new_tokens: int, merge: bool | None, guided: bool = True,
@@ -108,7 +106,7 @@ def load_queries(path: str) -> list[str]:
 
 def start_engine(kind: str, resolved, args):
     if kind.startswith("hf"):
-        return hf_runner(resolved, int(kind[2:]), args.max_new_tokens, {})
+        return hf_runner(resolved, int(kind[2:]), args.max_new_tokens)
     if kind in ("vllm", "vllm-lora", "vllm-merged"):
         merge = {"vllm": None, "vllm-lora": False, "vllm-merged": True}[kind]
         return vllm_runner(resolved, args.max_new_tokens, merge, not args.unguided, args.max_num_seqs)

@@ -65,10 +65,8 @@ def main() -> int:
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     meta["name"] = name
     (dest / ADAPTER_META).write_text(json.dumps(meta, indent=2) + "\n")
-    write_card(dest, meta, metrics, baseline)
-    if base_entry.get("description"):
-        with (dest / "README.md").open("a") as f:
-            f.write(f"\nBase weights (`{meta['base']}`): {base_entry['description']}\n")
+    notes = [f"Base weights (`{meta['base']}`): {base_entry['description']}"] if base_entry.get("description") else []
+    write_card(dest, meta, metrics, baseline, notes)
 
     adapters = reg.setdefault("adapters", {})
     if a.default:

@@ -150,9 +150,9 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, call
 
 
 def write_card(adapter_dir: Path, meta: dict[str, Any], metrics: dict[str, Any] | None = None,
-               baseline: dict[str, Any] | None = None) -> None:
+               baseline: dict[str, Any] | None = None, notes: list[str] | None = None) -> None:
     """The adapter's model card: base, data, training, and evaluation (and the base model's, as the
-    baseline) when known."""
+    baseline) when known; ``notes`` are closing paragraphs."""
     cfg = meta["config"]
     losses = [f"{label} {meta[key]:.3f}" for label, key in
               (("first", "train_loss_first"), ("last", "train_loss_last"), ("eval", "eval_loss"))
@@ -180,6 +180,8 @@ def write_card(adapter_dir: Path, meta: dict[str, Any], metrics: dict[str, Any] 
         base = baseline.get("model", meta["base"])
         lines += ["", f"Baseline: the base model `{base}` without the adapter, full InsTag format.", "",
                   metrics_table(baseline)]
+    for note in notes or []:
+        lines += ["", note]
     (adapter_dir / "README.md").write_text("\n".join(lines) + "\n")
 
 

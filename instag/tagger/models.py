@@ -197,7 +197,7 @@ def tokenizer_source(resolved: ResolvedModel) -> str:
 
 def _adapter_digest(resolved: ResolvedModel) -> str:
     files = sorted(p for p in Path(resolved.adapter).iterdir() if p.is_file())  # type: ignore[arg-type]
-    parts = [resolved.base] + [f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in files]
+    parts = [resolved.base] + [_file_digest(p) for p in files]
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:12]
 
 
@@ -218,15 +218,14 @@ def merge_adapter(resolved: ResolvedModel) -> ResolvedModel:
             return ResolvedModel(name=resolved.name, base=str(out), target=resolved.target)
     except (OSError, ValueError, KeyError):
         pass
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from instag.tagger.backends.hf import load_model
 
     t0 = time.time()
     log.warning("merging adapter %s into %s for this engine (once) -> %s", resolved.adapter, resolved.base, out)
-    base = AutoModelForCausalLM.from_pretrained(resolved.base, dtype=torch.float32)
-    model = PeftModel.from_pretrained(base, resolved.adapter).merge_and_unload()
-    tok = AutoTokenizer.from_pretrained(tokenizer_source(resolved))
+    _, model = load_model(resolved, device="cpu", dtype="float32")  # base + adapter, merged
+    tok = AutoTokenizer.from_pretrained(tokenizer_source(resolved))  # as shipped, not padded for batching
     with _atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)

@@ -6,7 +6,7 @@ import logging
 import os
 
 from instag.tagger.backends import Generation, truncate_tokens
-from instag.tagger.models import ResolvedModel
+from instag.tagger.models import ResolvedModel, tokenizer_source
 from instag.tagger.prompt import ANSWER_PREFIX, render_prompt
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ def load_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "auto
     device = pick_device(device)
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    tok = AutoTokenizer.from_pretrained(resolved.adapter or resolved.base)
+    tok = AutoTokenizer.from_pretrained(tokenizer_source(resolved))
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

@@ -93,7 +93,6 @@ class VLLMBackend:
 
         self.resolved = resolved  # records carry its name, merged or not
         resolved = for_vllm(resolved, merge)
-        self.loaded = resolved
         self.target = resolved.target
         self.max_new_tokens = max_new_tokens
         self.guided = guided
