@@ -56,7 +56,8 @@ def tag(
                               help="local | registry name | HF id or path | adapter dir | openai:<name>."),
     base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible API base URL (with openai:<name>)."),
     api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable that holds the API key."),
-    engine: str = typer.Option("auto", help="Local engine: auto (vllm on a GPU when installed), transformers, vllm."),
+    engine: str = typer.Option("auto", help="Local engine: auto (vllm when installed, on a GPU or for 200+ "
+                                            "queries on a CPU), transformers, vllm."),
     guided: Optional[bool] = typer.Option(None, "--guided/--no-guided",
                                           help="Constrain answers to the tag-list JSON schema (default: on for "
                                                "--engine vllm, off for API models)."),

@@ -135,3 +135,37 @@ def test_offline_vllm_engine_tags_with_base_and_adapter(adapter_dir, alpaca_file
         assert all(r["status"] == "ok" for r in recs)
     else:
         assert all(r["raw"].startswith('["') for r in recs)  # the compact format's prefill
+
+
+def test_stream_gives_generates_answers_as_they_finish_and_aborts_the_rest(adapter_dir, alpaca_file):
+    """`instag tag` feeds vLLM continuously (stream); its answers are those of one LLM.generate call."""
+    from instag.io import read_queries
+    from instag.tagger.backends.vllm_engine import VLLMBackend
+    from instag.tagger.models import resolve
+
+    queries = [q.query for q in read_queries(alpaca_file)]
+    backend = VLLMBackend(resolve(str(adapter_dir)), max_new_tokens=16, guided=False, merge=False,
+                          max_model_len=512)
+    try:
+        want = backend.generate(queries)
+        got = dict(backend.stream(enumerate(queries), window=3))  # at most 3 requests in the engine
+        assert sorted(got) == list(range(len(queries)))
+        assert [(g.text, g.prompt_tokens, g.completion_tokens) for g in map(got.get, range(len(queries)))] == \
+            [(g.text, g.prompt_tokens, g.completion_tokens) for g in want]
+        assert all(g.completion_tokens > 0 for g in want)
+
+        stream = backend.stream(enumerate(queries), window=4)
+        first_key, _ = next(stream)
+        stream.close()  # the consumer stops (as on Ctrl-C): what is still in the engine is aborted
+        assert first_key in range(len(queries)) and not backend.llm.llm_engine.has_unfinished_requests()
+    finally:
+        backend.close()
+
+
+def test_auto_engine_takes_vllm_where_it_pays():
+    from instag.tagger.backends.vllm_engine import on_gpu
+    from instag.tagger.run import VLLM_CPU_MIN_QUERIES, pick_engine
+
+    assert pick_engine("auto", VLLM_CPU_MIN_QUERIES) == "vllm"
+    assert pick_engine("auto", VLLM_CPU_MIN_QUERIES - 1) == ("vllm" if on_gpu() else "transformers")
+    assert pick_engine("transformers", 10**6) == "transformers" and pick_engine("vllm", 1) == "vllm"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from instag.tagger.backends.vllm_engine import LORA_NAME, engine_kwargs, for_vllm
+from instag.tagger.backends.vllm_engine import LORA_NAME, cpu_env, engine_kwargs, for_vllm
 from instag.tagger.models import ResolvedModel, resolve
 
 SERVED_NAME = LORA_NAME
@@ -71,7 +71,7 @@ class Server:
         self.command = server_command(for_vllm(self.resolved, self.merge), host=self.host, port=self.port,
                                       api_key=self.api_key, **cmd_kw)
         out = open(self.log_path, "ab") if self.log_path else None
-        env = {**os.environ, "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
+        env = {**os.environ, "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"), **cpu_env()}
         self.proc = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT if out else None,
                                      start_new_session=True, env=env)
         self.wait_ready(timeout)

@@ -26,13 +26,12 @@ from instag.tagger.prompt import check_target
 log = logging.getLogger(__name__)
 
 OPENAI_PREFIX = "openai:"
-OFFLINE_CHUNK = 1024
 
 
 @dataclass
 class TagOptions:
     model: str = "local"
-    engine: str = "auto"  # auto: vllm when importable and a GPU is present, else transformers
+    engine: str = "auto"  # auto: vllm when importable, on a GPU or for many queries (pick_engine)
     guided: bool | None = None  # JSON-schema structured outputs; None: on for vllm, off for APIs
     target: str = "tags+explanations"  # answer format asked of API models
     base_url: str | None = None
@@ -106,7 +105,7 @@ def make_record(q: Query, gen: Generation, model: str, truncated: bool) -> dict[
     return rec
 
 
-def make_backend(opts: TagOptions):
+def make_backend(opts: TagOptions, pending: int | None = None):
     if opts.model.startswith(OPENAI_PREFIX):
         from instag.tagger.backends.openai_api import OpenAIBackend
 
@@ -117,7 +116,7 @@ def make_backend(opts: TagOptions):
     from instag.tagger.models import resolve
 
     resolved = resolve(opts.model)
-    engine = pick_engine(opts.engine)
+    engine = pick_engine(opts.engine, pending)
     if engine == "vllm":
         from instag.tagger.backends.vllm_engine import VLLMBackend
 
@@ -131,11 +130,14 @@ def make_backend(opts: TagOptions):
 ENGINES = ("auto", "transformers", "vllm")
 
 
-def pick_engine(engine: str) -> str:
-    """``auto`` takes vLLM where it pays: importable and on a GPU (176x the one-at-a-time loop on an
-    H200). On this project's 2-core AVX2 CPUs the vLLM CPU build takes about a minute to start and
-    tags only 1.2x faster than transformers batch 8 (benchmarks/tag_throughput.py), so there it must
-    be asked for with ``--engine vllm``."""
+VLLM_CPU_MIN_QUERIES = 200  # on CPU, auto takes vLLM from this many queries to tag (see pick_engine)
+
+
+def pick_engine(engine: str, pending: int | None = None) -> str:
+    """``auto`` takes vLLM whenever it is importable and pays: always on a GPU (176x the one-at-a-time
+    loop on an H200), and on a CPU for at least :data:`VLLM_CPU_MIN_QUERIES` queries. vLLM's CPU build
+    needs about 45 s more to start than transformers, and then tags about twice as fast as its batches of
+    8 on 2 cores (benchmarks/tag_throughput.py): from about 150 queries on, it finishes first."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if engine != "auto":
@@ -147,7 +149,9 @@ def pick_engine(engine: str) -> str:
         return engine
     from instag.tagger.backends.vllm_engine import on_gpu, vllm_available
 
-    return "vllm" if vllm_available() and on_gpu() else "transformers"
+    if not vllm_available():
+        return "transformers"
+    return "vllm" if on_gpu() or (pending is not None and pending >= VLLM_CPU_MIN_QUERIES) else "transformers"
 
 
 def tag_file(input_path: str | Path, output_path: str | Path, opts: TagOptions,
@@ -179,7 +183,7 @@ def tag_file(input_path: str | Path, output_path: str | Path, opts: TagOptions,
         return summary
 
     own_backend = backend is None
-    backend = backend or make_backend(opts)
+    backend = backend or make_backend(opts, pending=len(pending))
     summary.model = backend.name
     t0 = time.time()
     bar = tqdm(total=len(pending), unit="query", desc="tagging", disable=not opts.progress, smoothing=0.1)
@@ -217,12 +221,10 @@ def tag_file(input_path: str | Path, output_path: str | Path, opts: TagOptions,
 
 def _run_batched(backend: Any, prepared: list[tuple[Query, str, bool]], opts: TagOptions,
                  emit: Callable[[dict[str, Any]], None]) -> None:
-    if getattr(backend, "offline", False):
-        # vLLM batches continuously itself: hand it big chunks, writing results after each.
-        for start in range(0, len(prepared), OFFLINE_CHUNK):
-            chunk = prepared[start:start + OFFLINE_CHUNK]
-            for (q, _, cut), gen in zip(chunk, backend.generate([text for _, text, _ in chunk])):
-                emit(make_record(q, gen, backend.name, cut))
+    if hasattr(backend, "stream"):
+        # vLLM: the whole input as one continuous batch, each answer written as it finishes.
+        for (q, cut), gen in backend.stream(((q, cut), text) for q, text, cut in prepared):
+            emit(make_record(q, gen, backend.name, cut))
         return
     # Sort by length inside windows so that a batch pads little, while output stays near input order.
     window = max(opts.batch_size * 16, 1)

@@ -15,19 +15,25 @@ engine in a spawned process); the ``instag`` console script has it.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import logging
+import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from instag.tagger.backends import Generation, truncate_tokens
 from instag.tagger.models import ResolvedModel, merge_adapter, tokenizer_source
 from instag.tagger.prompt import ANSWER_PREFIX, ANSWER_SCHEMAS, build_messages, render_prompt
 
 log = logging.getLogger(__name__)
+K = TypeVar("K")
 
 LORA_NAME = "instag-tagger"
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # what vLLM accepts as max_lora_rank
+SMALL_CPU = 4  # at most this many cores: vLLM's model threads get all of them (see cpu_env)
 
 
 def vllm_available() -> bool:
@@ -52,6 +58,38 @@ def for_vllm(resolved: ResolvedModel, merge: bool | None = None) -> ResolvedMode
     if merge is None:
         merge = not on_gpu()
     return merge_adapter(resolved) if merge and resolved.adapter else resolved
+
+
+def cpu_env() -> dict[str, str]:
+    """Environment for a vLLM engine on a small CPU machine; empty on a GPU or where the user chose.
+
+    vLLM's CPU build binds its model threads to every core but one, which it keeps for the scheduler
+    process. On 2 cores that halves the model's compute: 64 real queries ran at 1.5-1.7 queries/s so, and
+    at 2.7-3.0 with the model bound to both cores (2.3-2.6 unbound). On machines with at most
+    :data:`SMALL_CPU` cores the model gets them all; on bigger ones (not measured) vLLM's own binding
+    stays. ``VLLM_CPU_OMP_THREADS_BIND`` set by the user always wins.
+    """
+    if "VLLM_CPU_OMP_THREADS_BIND" in os.environ or on_gpu():
+        return {}
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if not cpus or len(cpus) > SMALL_CPU:
+        return {}
+    return {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cpus))}
+
+
+@contextlib.contextmanager
+def environ(extra: dict[str, str]):
+    """``os.environ`` with ``extra`` set while the block runs (vLLM's engine process inherits it)."""
+    old = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def engine_kwargs(resolved: ResolvedModel, *, dtype: str = "auto", max_model_len: int = 2048,
@@ -83,9 +121,8 @@ def engine_kwargs(resolved: ResolvedModel, *, dtype: str = "auto", max_model_len
 
 
 class VLLMBackend:
-    """Offline batched generation with ``vllm.LLM``; :meth:`generate` takes many queries per call."""
-
-    offline = True  # the runner hands it large chunks (OFFLINE_CHUNK queries) to batch continuously
+    """Offline generation with ``vllm.LLM``: :meth:`stream` keeps the engine fed over a whole input
+    (what ``instag tag`` uses); :meth:`generate` answers one list at once."""
 
     def __init__(self, resolved: ResolvedModel, *, max_new_tokens: int = 256, guided: bool = True,
                  merge: bool | None = None, **engine_kw: Any):
@@ -96,7 +133,8 @@ class VLLMBackend:
         self.target = resolved.target
         self.max_new_tokens = max_new_tokens
         self.guided = guided
-        self.llm = LLM(**engine_kwargs(resolved, **engine_kw))
+        with environ(cpu_env()):
+            self.llm = LLM(**engine_kwargs(resolved, **engine_kw))
         self.tokenizer = self.llm.get_tokenizer()
         self.lora = None
         if resolved.adapter:
@@ -138,9 +176,48 @@ class VLLMBackend:
         self.llm = None
         gc.collect()
 
+    def _generation(self, out: Any) -> Generation:
+        prefix = "" if self.guided else ANSWER_PREFIX[self.target]
+        return Generation(text=prefix + out.outputs[0].text.rstrip(), prompt_tokens=len(out.prompt_token_ids),
+                          completion_tokens=len(out.outputs[0].token_ids))
+
     def generate(self, queries: list[str]) -> list[Generation]:
+        """Answers for ``queries``, in their order, once all are done (``LLM.generate``)."""
         outs = self.llm.generate([self.prompt(q) for q in queries], self.sampling_params(),
                                  lora_request=self.lora, use_tqdm=False)
-        prefix = "" if self.guided else ANSWER_PREFIX[self.target]
-        return [Generation(text=prefix + o.outputs[0].text.rstrip(), prompt_tokens=len(o.prompt_token_ids),
-                           completion_tokens=len(o.outputs[0].token_ids)) for o in outs]
+        return [self._generation(o) for o in outs]
+
+    def stream(self, items: Iterable[tuple[K, str]], window: int | None = None) -> Iterator[tuple[K, Generation]]:
+        """Answer ``(key, query)`` items continuously, yielding ``(key, answer)`` as each finishes.
+
+        The engine is kept fed with ``window`` requests (default: twice its ``max_num_seqs``), new ones
+        added as others finish, so that the whole input is one continuous batch: no barrier where a batch
+        waits for its longest answer while the rest of the engine idles, and every answer can be written
+        as it lands. Answers come in finishing order, not input order. Requests still in the engine when
+        the consumer stops (or on Ctrl-C) are aborted.
+        """
+        engine = self.llm.llm_engine
+        params = self.sampling_params()
+        if window is None:
+            seqs = getattr(getattr(engine, "vllm_config", None), "scheduler_config", None)
+            window = 2 * int(getattr(seqs, "max_num_seqs", None) or 512)
+        pending = iter(items)
+        live: dict[str, tuple[str, K]] = {}  # id in outputs -> (id vLLM gave the request, key)
+        try:
+            while True:
+                batch = list(itertools.islice(pending, max(window - len(live), 0)))
+                if batch:
+                    # LLM.enqueue renders and adds the requests (final outputs only) as generate() does.
+                    ids = self.llm.enqueue([self.prompt(text) for _, text in batch], params,
+                                           lora_request=self.lora, use_tqdm=False)
+                    for rid, (key, _) in zip(ids, batch):
+                        # LLM ids are counters ("17"); vLLM hands back "17-<random>", outputs carry "17".
+                        live[rid.split("-", 1)[0]] = (rid, key)
+                if not live:
+                    return
+                for out in engine.step():
+                    if out.finished and out.request_id in live:
+                        yield live.pop(out.request_id)[1], self._generation(out)
+        finally:
+            if live and self.llm is not None:
+                engine.abort_request([rid for rid, _ in live.values()], internal=True)
