@@ -25,7 +25,8 @@ from instag.tagger.prompt import Target, check_target
 
 log = logging.getLogger(__name__)
 
-REPO_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+REPO_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"  # in a source tree (editable install)
+INSTALLED_MODELS = Path("share") / "instag" / "models"  # under the install prefix (wheel's data-files)
 ADAPTER_META = "instag_adapter.json"  # written beside a peft adapter by `instag distill`
 CONVERT_META = "instag_convert.json"
 MERGE_META = "instag_merge.json"
@@ -48,7 +49,22 @@ class ModelError(RuntimeError):
 
 
 def models_dir() -> Path:
-    return Path(os.environ.get("INSTAG_MODELS_DIR", REPO_MODELS_DIR))
+    """Where the registry and the shipped adapters are: ``INSTAG_MODELS_DIR``, else the source tree's
+    ``models/`` (a checkout or an editable install), else ``<prefix>/share/instag/models``, where a
+    wheel installs them (pyproject's data-files), for the environment's prefix or the user scheme's."""
+    if os.environ.get("INSTAG_MODELS_DIR"):
+        return Path(os.environ["INSTAG_MODELS_DIR"])
+    if (REPO_MODELS_DIR / "registry.json").is_file() and (REPO_MODELS_DIR.parent / "pyproject.toml").is_file():
+        return REPO_MODELS_DIR
+    import sysconfig
+
+    prefixes = [sysconfig.get_path("data")]
+    with contextlib.suppress(KeyError, ValueError):
+        prefixes.append(sysconfig.get_path("data", sysconfig.get_preferred_scheme("user")))
+    for prefix in prefixes:
+        if (Path(prefix) / INSTALLED_MODELS / "registry.json").is_file():
+            return Path(prefix) / INSTALLED_MODELS
+    return REPO_MODELS_DIR  # nothing shipped: load_registry() falls back to the built-in registry
 
 
 def cache_dir() -> Path:
