@@ -4,12 +4,15 @@
         [--engines hf1,hf8,hf32,vllm,vllm-server] [--max-new-tokens 64] [--queries FILE]
 
 Engines: ``hfN`` = transformers with batch size N (hf1 is the one-at-a-time loop); ``vllm`` = vLLM
-offline (continuous batching, guided JSON; an adapter runs merged into its base on CPU, as LoRA on a
-GPU); ``vllm-lora`` / ``vllm-merged`` force one of the two; ``vllm-server`` = vLLM's OpenAI-compatible
-server with ``--clients`` concurrent clients through instag's own API backend. ``ENGINE@N`` runs that
-engine on N queries instead of --n (the query sample is cycled when N exceeds it), reusing a started
-engine: ``hf1@32,vllm,vllm@16384``. Engine start-up is timed apart and not counted in queries/s.
-``--dump-queries FILE --n 16384`` writes the sample for a machine without the shared pool.
+offline as ``instag tag`` runs it (the input streamed through one continuous batch, guided JSON; an
+adapter runs merged into its base on CPU, as LoRA on a GPU); ``vllm-lora`` / ``vllm-merged`` force one
+of the two; ``vllm-server`` = vLLM's OpenAI-compatible server with ``--clients`` concurrent clients
+through instag's own API backend. ``ENGINE@N`` runs that engine on N queries instead of --n, reusing a
+started engine: ``hf1@32,vllm,vllm@16384``. Engine start-up is timed apart, not counted in queries/s.
+Each of the --repeats runs tags different queries (the same ones for every engine), so that vLLM's
+prefix cache cannot serve a whole prompt from an earlier run; ``--queries FILE`` should hold
+repeats x N + 4 queries. ``--dump-queries FILE --n 16384`` writes that many (for --repeats) for a
+machine without the shared pool.
 Prints a table and writes benchmarks/results/tag_throughput.json.
 """
 
@@ -63,7 +66,11 @@ def vllm_runner(resolved, max_new_tokens: int, merge: bool | None, guided: bool 
     t0 = time.perf_counter()
     backend = VLLMBackend(resolved, max_new_tokens=max_new_tokens, guided=guided, merge=merge,
                           max_num_seqs=max_num_seqs)
-    return backend.generate, time.perf_counter() - t0, backend.close
+
+    def run(queries):  # the path `instag tag` takes: the whole input streamed through the engine
+        return [gen for _, gen in sorted(backend.stream(enumerate(queries)), key=lambda item: item[0])]
+
+    return run, time.perf_counter() - t0, backend.close
 
 
 def server_runner(resolved, max_new_tokens: int, clients: int):
@@ -98,6 +105,9 @@ def server_runner(resolved, max_new_tokens: int, clients: int):
     return run, start, server.stop
 
 
+WARMUP = 4  # queries run once after an engine starts, apart from the measured ones
+
+
 def load_queries(path: str) -> list[str]:
     from instag.io import read_queries
 
@@ -127,18 +137,28 @@ def main() -> None:
     ap.add_argument("--max-num-seqs", type=int, help="vllm engines: sequences in flight (default: vLLM's)")
     ap.add_argument("--queries", help="JSONL/JSON/CSV/parquet of queries to sample from (default: the shared pool)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "tag_throughput.json"))
-    ap.add_argument("--dump-queries", metavar="FILE", help="write the query sample (--n queries) as JSONL and stop: "
+    ap.add_argument("--dump-queries", metavar="FILE",
+                    help="write the query sample (--repeats x --n + 4 queries) as JSONL and stop: "
                     "the same queries for a machine without the shared pool (then --queries FILE there)")
     args = ap.parse_args()
     if args.dump_queries:
         with open(args.dump_queries, "w", encoding="utf-8") as f:
-            for i, q in enumerate(sample_queries(args.n)):
+            sample = sample_queries(args.n * args.repeats + WARMUP)
+            for i, q in enumerate(sample):
                 f.write(json.dumps({"id": f"q{i}", "query": q}, ensure_ascii=False) + "\n")
-        print(f"wrote {args.n} queries to {args.dump_queries}")
+        print(f"wrote {len(sample)} queries ({args.repeats} runs of {args.n} and {WARMUP} to warm up) "
+              f"to {args.dump_queries}")
         return
 
     specs = [(e.split("@")[0], int(e.split("@")[1]) if "@" in e else args.n) for e in args.engines.split(",")]
-    pool = load_queries(args.queries) if args.queries else sample_queries(max(n for _, n in specs))
+    # Each repeat gets its own queries (the same ones for every engine), and the warm-up the last WARMUP:
+    # a repeat of the same prompts would hit vLLM's prefix cache for whole prompts and flatter it.
+    pool = load_queries(args.queries) if args.queries else sample_queries(max(n for _, n in specs) * args.repeats
+                                                                         + WARMUP)
+    if len(pool) < max(n for _, n in specs) * args.repeats + WARMUP:
+        print(f"note: {len(pool)} queries for {args.repeats} runs of up to {max(n for _, n in specs)}: "
+              "runs will share queries (vLLM's prefix cache then flatters the later runs)")
+    measured, warm = (pool[:-WARMUP], pool[-WARMUP:]) if len(pool) > WARMUP else (pool, pool)
     resolved = resolve(args.model)
     rows = []
     engine = None  # (kind, run, start, close): one engine at a time, reused by consecutive rows of its kind
@@ -148,9 +168,9 @@ def main() -> None:
                 if engine and engine[3]:
                     engine[3]()
                 engine = (kind, *start_engine(kind, resolved, args))
-                engine[1](pool[:4])  # warm-up
-            queries = [pool[i % len(pool)] for i in range(n)]
-            runs = [timed(engine[1], queries) for _ in range(args.repeats)]
+                engine[1](warm)
+            runs = [timed(engine[1], [measured[(r * n + i) % len(measured)] for i in range(n)])
+                    for r in range(args.repeats)]
             med = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
             rows.append({"engine": kind, "n": n, **med, "start_seconds": round(engine[2], 1),
                          "queries_per_s_all": [round(r["queries_per_s"], 3) for r in runs]})

@@ -136,8 +136,9 @@ VLLM_CPU_MIN_QUERIES = 200  # on CPU, auto takes vLLM from this many queries to 
 def pick_engine(engine: str, pending: int | None = None) -> str:
     """``auto`` takes vLLM whenever it is importable and pays: always on a GPU (176x the one-at-a-time
     loop on an H200), and on a CPU for at least :data:`VLLM_CPU_MIN_QUERIES` queries. vLLM's CPU build
-    needs about 45 s more to start than transformers, and then tags about twice as fast as its batches of
-    8 on 2 cores (benchmarks/tag_throughput.py): from about 150 queries on, it finishes first."""
+    needs 25-75 s more to start than transformers (a first start is the slow one), then tags 2.2x as
+    fast as batches of 8 (3.1 against 1.4 queries/s on 2 cores, benchmarks/tag_throughput.py): it
+    finishes first from about 60 to 190 queries on; 200 is on the safe side."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if engine != "auto":
