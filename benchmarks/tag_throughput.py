@@ -134,7 +134,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="runs per engine; the median is reported")
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--unguided", action="store_true", help="vllm engines without the JSON schema (prefill only)")
-    ap.add_argument("--max-num-seqs", type=int, help="vllm engines: sequences in flight (default: 64 on a CPU, vLLM's on a GPU)")
+    ap.add_argument("--max-num-seqs", type=int,
+                    help="vllm engines: sequences in flight (default: 64 on a CPU, vLLM's on a GPU)")
     ap.add_argument("--queries", help="JSONL/JSON/CSV/parquet of queries to sample from (default: the shared pool)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "tag_throughput.json"))
     ap.add_argument("--dump-queries", metavar="FILE",
