@@ -10,7 +10,6 @@ Prints a table and writes benchmarks/results/vllm_parse_failures.json.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from common import REPO, machine, write_json
 from rich.console import Console
 from rich.table import Table
 
+from instag.io import iter_jsonl_records
 from instag.tagger.parse import STATUS_OK
 from instag.tagger.run import TagOptions, tag_file
 
@@ -43,7 +43,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 tag_file(src, out, TagOptions(model=model, engine="vllm", guided=guided,
                                               max_new_tokens=args.max_new_tokens, progress=False))
-                recs = [json.loads(line) for line in out.read_text().splitlines()]
+                recs = [rec for _, rec in iter_jsonl_records(out)]
                 bad = [r for r in recs if r["status"] != STATUS_OK]
                 rows.append({"model": model, "guided": guided, "n": len(recs), "parse_failures": len(bad),
                              "failures_cut_at_token_limit": sum(r["completion_tokens"] >= args.max_new_tokens

@@ -154,10 +154,11 @@ def main() -> None:
     specs = [(e.split("@")[0], int(e.split("@")[1]) if "@" in e else args.n) for e in args.engines.split(",")]
     # Each repeat gets its own queries (the same ones for every engine), and the warm-up the last WARMUP:
     # a repeat of the same prompts would hit vLLM's prefix cache for whole prompts and flatter it.
-    pool = load_queries(args.queries) if args.queries else sample_queries(max(n for _, n in specs) * args.repeats
-                                                                         + WARMUP)
-    if len(pool) < max(n for _, n in specs) * args.repeats + WARMUP:
-        print(f"note: {len(pool)} queries for {args.repeats} runs of up to {max(n for _, n in specs)}: "
+    largest = max(n for _, n in specs)
+    need = largest * args.repeats + WARMUP
+    pool = load_queries(args.queries) if args.queries else sample_queries(need)
+    if len(pool) < need:
+        print(f"note: {len(pool)} queries for {args.repeats} runs of up to {largest}: "
               "runs will share queries (vLLM's prefix cache then flatters the later runs)")
     measured, warm = (pool[:-WARMUP], pool[-WARMUP:]) if len(pool) > WARMUP else (pool, pool)
     resolved = resolve(args.model)

@@ -15,7 +15,6 @@ engine in a spawned process); the ``instag`` console script has it.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import logging
@@ -23,6 +22,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
+from unittest import mock
 
 from instag.tagger.backends import Generation, truncate_tokens
 from instag.tagger.models import ResolvedModel, merge_adapter, tokenizer_source
@@ -82,21 +82,6 @@ def cpu_env() -> dict[str, str]:
     return {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cpus))}
 
 
-@contextlib.contextmanager
-def environ(extra: dict[str, str]):
-    """``os.environ`` with ``extra`` set while the block runs (vLLM's engine process inherits it)."""
-    old = {k: os.environ.get(k) for k in extra}
-    os.environ.update(extra)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def engine_kwargs(resolved: ResolvedModel, *, dtype: str = "auto", max_model_len: int = 2048,
                   memory_fraction: float | None = None, enforce_eager: bool | None = None,
                   max_num_seqs: int | None = None, seed: int = 0) -> dict[str, Any]:
@@ -140,7 +125,7 @@ class VLLMBackend:
         self.target = resolved.target
         self.max_new_tokens = max_new_tokens
         self.guided = guided
-        with environ(cpu_env()):
+        with mock.patch.dict(os.environ, cpu_env()):  # the engine's process inherits it
             self.llm = LLM(**engine_kwargs(resolved, **engine_kw))
         self.tokenizer = self.llm.get_tokenizer()
         self.lora = None
