@@ -62,8 +62,8 @@ class HFBackend:
     def name(self) -> str:
         return self.resolved.name
 
-    def truncate(self, query: str, max_tokens: int) -> tuple[str, bool]:
-        return truncate_tokens(self.tokenizer, query, max_tokens)
+    def truncate(self, queries: list[str], max_tokens: int) -> list[tuple[str, bool]]:
+        return truncate_tokens(self.tokenizer, queries, max_tokens)
 
     def prompts(self, queries: list[str]) -> list[str]:
         return [render_prompt(self.tokenizer, q, self.target) for q in queries]

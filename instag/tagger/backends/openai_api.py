@@ -56,9 +56,9 @@ class OpenAIBackend:
     def name(self) -> str:
         return self.model
 
-    def truncate(self, query: str, max_tokens: int) -> tuple[str, bool]:
+    def truncate(self, queries: list[str], max_tokens: int) -> list[tuple[str, bool]]:
         limit = max_tokens * CHARS_PER_TOKEN
-        return (query, False) if len(query) <= limit else (query[:limit], True)
+        return [(q, False) if len(q) <= limit else (q[:limit], True) for q in queries]
 
     async def _once(self, query: str) -> Generation:
         resp = await self.client.chat.completions.create(

@@ -138,8 +138,8 @@ class VLLMBackend:
     def name(self) -> str:
         return self.resolved.name
 
-    def truncate(self, query: str, max_tokens: int) -> tuple[str, bool]:
-        return truncate_tokens(self.tokenizer, query, max_tokens)
+    def truncate(self, queries: list[str], max_tokens: int) -> list[tuple[str, bool]]:
+        return truncate_tokens(self.tokenizer, queries, max_tokens)
 
     def sampling_params(self):
         from vllm import SamplingParams
@@ -156,6 +156,19 @@ class VLLMBackend:
             return self.tokenizer.apply_chat_template(build_messages(query, self.target), tokenize=False,
                                                       add_generation_prompt=True)
         return render_prompt(self.tokenizer, query, self.target)
+
+    def prompts(self, queries: list[str]) -> list[dict[str, list[int]]]:
+        """vLLM token prompts for ``queries``, tokenized in one batched call.
+
+        Handed text, vLLM tokenizes each prompt on its own in its front-end process, one at a time
+        (0.44 ms for a 130-token prompt with SmolLM2's tokenizer on 2 cores; 0.21 ms a prompt batched).
+        ``add_special_tokens=False`` as in the transformers engine: the chat template already holds
+        them, where vLLM would add a second BOS for tokenizers that add one to text.
+        """
+        if not queries:
+            return []
+        texts = [self.prompt(q) for q in queries]
+        return [{"prompt_token_ids": ids} for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
     def close(self) -> None:
         """Stop the engine's processes and free its memory now, not at interpreter exit."""
@@ -175,8 +188,8 @@ class VLLMBackend:
 
     def generate(self, queries: list[str]) -> list[Generation]:
         """Answers for ``queries``, in their order, once all are done (``LLM.generate``)."""
-        outs = self.llm.generate([self.prompt(q) for q in queries], self.sampling_params(),
-                                 lora_request=self.lora, use_tqdm=False)
+        outs = self.llm.generate(self.prompts(queries), self.sampling_params(), lora_request=self.lora,
+                                 use_tqdm=False)
         return [self._generation(o) for o in outs]
 
     def stream(self, items: Iterable[tuple[K, str]], window: int | None = None) -> Iterator[tuple[K, Generation]]:
@@ -199,8 +212,8 @@ class VLLMBackend:
             while True:
                 batch = list(itertools.islice(pending, max(window - len(live), 0)))
                 if batch:
-                    # LLM.enqueue renders and adds the requests (final outputs only) as generate() does.
-                    ids = self.llm.enqueue([self.prompt(text) for _, text in batch], params,
+                    # LLM.enqueue adds the requests (final outputs only) as generate() does.
+                    ids = self.llm.enqueue(self.prompts([text for _, text in batch]), params,
                                            lora_request=self.lora, use_tqdm=False)
                     for rid, (key, _) in zip(ids, batch):
                         # LLM ids are counters ("17"); vLLM hands back "17-<random>", outputs carry "17".
