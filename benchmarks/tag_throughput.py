@@ -6,13 +6,14 @@
 Engines: ``hfN`` = transformers with batch size N (hf1 is the one-at-a-time loop); ``vllm`` = vLLM
 offline as ``instag tag`` runs it (the input streamed through one continuous batch, guided JSON; an
 adapter runs merged into its base on CPU, as LoRA on a GPU); ``vllm-lora`` / ``vllm-merged`` force one
-of the two; ``vllm-server`` = vLLM's OpenAI-compatible server with ``--clients`` concurrent clients
-through instag's own API backend. ``ENGINE@N`` runs that engine on N queries instead of --n, reusing a
-started engine: ``hf1@32,vllm,vllm@16384``. Engine start-up is timed apart, not counted in queries/s.
-Each of the --repeats runs tags different queries (the same ones for every engine), so that vLLM's
-prefix cache cannot serve a whole prompt from an earlier run; ``--queries FILE`` should hold
-repeats x N + 4 queries. ``--dump-queries FILE --n 16384`` writes that many (for --repeats) for a
-machine without the shared pool.
+of the two; ``vllm-xK`` = K ``vllm`` engines side by side on one device, each in its own process with
+1/K of the memory, splitting every run; ``vllm-server`` = vLLM's OpenAI-compatible server with
+``--clients`` concurrent clients through instag's own API backend. ``ENGINE@N`` runs that engine on N
+queries instead of --n, reusing a started engine: ``hf1@32,vllm,vllm@16384``. Engine start-up is timed
+apart, not counted in queries/s. Each of the --repeats runs tags different queries (the same ones for
+every engine), so that vLLM's prefix cache cannot serve a whole prompt from an earlier run;
+``--queries FILE`` should hold repeats x N + 4 queries. ``--dump-queries FILE --n 16384`` writes that
+many (for --repeats) for a machine without the shared pool.
 Prints a table and writes benchmarks/results/tag_throughput.json.
 """
 
@@ -73,6 +74,58 @@ def vllm_runner(resolved, max_new_tokens: int, merge: bool | None, guided: bool 
     return run, time.perf_counter() - t0, backend.close
 
 
+def _replica(conn, resolved, args, memory_fraction: float) -> None:
+    """One engine of ``vllm-xK``: answers each list of queries it is sent, until it is sent None."""
+    from instag.tagger.backends.vllm_engine import VLLMBackend
+
+    backend = VLLMBackend(resolved, max_new_tokens=args.max_new_tokens, guided=not args.unguided,
+                          max_num_seqs=args.max_num_seqs, memory_fraction=memory_fraction)
+    conn.send("ready")
+    while (queries := conn.recv()) is not None:
+        conn.send([gen for _, gen in sorted(backend.stream(enumerate(queries)), key=lambda item: item[0])])
+    backend.close()
+
+
+def replicas_runner(resolved, args, k: int):
+    """``vllm-xK``: K vLLM engines on one device, each in its own process (its own front end and engine
+    core), each tagging every K-th query of a run. Measures whether engines side by side go past one
+    engine's per-request CPU work. Each gets 1/K of the memory one engine would take."""
+    import multiprocessing
+
+    from instag.tagger.backends.vllm_engine import on_gpu
+
+    ctx = multiprocessing.get_context("spawn")
+    share = (0.85 if on_gpu() else 0.15) / k
+    t0 = time.perf_counter()
+    conns, procs = [], []
+    for i in range(k):
+        parent, child = ctx.Pipe()
+        procs.append(ctx.Process(target=_replica, args=(child, resolved, args, share)))
+        procs[-1].start()
+        conns.append(parent)
+        if i == 0:
+            conns[0].recv()  # the first engine fills the compile cache; the others then start from it
+    for conn in conns[1:]:
+        conn.recv()
+    start = time.perf_counter() - t0
+
+    def run(queries):
+        for i, conn in enumerate(conns):
+            conn.send(queries[i::k])
+        gens = [None] * len(queries)
+        for i, conn in enumerate(conns):
+            gens[i::k] = conn.recv()
+        return gens
+
+    def close():
+        for conn in conns:
+            conn.send(None)
+        for proc in procs:
+            proc.join(timeout=120)
+
+    return run, start, close
+
+
 def server_runner(resolved, max_new_tokens: int, clients: int):
     from instag.serve.server import Server
     from instag.tagger.backends.openai_api import OpenAIBackend
@@ -120,6 +173,8 @@ def start_engine(kind: str, resolved, args):
     if kind in ("vllm", "vllm-lora", "vllm-merged"):
         merge = {"vllm": None, "vllm-lora": False, "vllm-merged": True}[kind]
         return vllm_runner(resolved, args.max_new_tokens, merge, not args.unguided, args.max_num_seqs)
+    if kind.startswith("vllm-x"):
+        return replicas_runner(resolved, args, int(kind[len("vllm-x"):]))
     if kind == "vllm-server":
         return server_runner(resolved, args.max_new_tokens, args.clients)
     raise SystemExit(f"unknown engine {kind}")
