@@ -17,6 +17,7 @@
 #   xz -d queries.jsonl.xz
 #   export PYTHONPATH=$PWD:/tmp/site VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1
 #   python3 benchmarks/tag_throughput.py --queries queries.jsonl --engines hf1@64,hf64,vllm,vllm@16384
+# or, for the vLLM experiments on 16,384 queries (unpacking included): bash scripts/gpu_bench.sh OUT_DIR
 set -euo pipefail
 OUT=${1:?usage: offline_vllm_bundle.sh OUT_DIR [VLLM_VERSION] [PART_BYTES]}
 VLLM=${2:-0.26.0}
