@@ -95,6 +95,37 @@ def test_long_queries_are_truncated_and_counted(tiny_model_dir, tmp_path):
     assert long["prompt_tokens"] - recs["short one"]["prompt_tokens"] <= 50
 
 
+def test_truncation_goes_a_chunk_at_a_time_as_tagging_goes(tiny_model_dir, tmp_path, monkeypatch):
+    """Queries are cut one chunk at a time (a batched tokenizer call each), while earlier chunks are tagged."""
+    from instag.tagger import run
+    from instag.tagger.backends.hf import HFBackend
+    from instag.tagger.models import resolve
+
+    monkeypatch.setattr(run, "TRUNCATE_CHUNK", 4)
+    rows = [{"id": str(i), "query": "word " * 300 if i % 2 == 0 else f"short query {i}"} for i in range(40)]
+    backend = HFBackend(resolve(str(tiny_model_dir)), max_new_tokens=2)
+    calls = []
+
+    def spy(name):
+        method = getattr(backend, name)
+
+        def call(*args):
+            calls.append(name)
+            return method(*args)
+
+        monkeypatch.setattr(backend, name, call)
+
+    spy("truncate")
+    spy("generate")
+    # batch 1: the runner takes 16 queries at a time, so 4 chunks of 4 are cut before the first answer
+    s = tag_file(write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "t.jsonl",
+                 TagOptions(max_query_tokens=50, batch_size=1, progress=False), backend=backend)
+    assert s.tagged == 40 and s.truncated == 20
+    recs = {r["id"]: r for r in read_jsonl(tmp_path / "t.jsonl")}
+    assert {k: r["truncated"] for k, r in recs.items()} == {str(i): i % 2 == 0 for i in range(40)}
+    assert calls.count("truncate") == 10 and calls[:5] == ["truncate"] * 4 + ["generate"]
+
+
 def test_bad_input_exit_codes(tiny_model_dir, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"query": "fine"}\n{"query": "broken"\n')
