@@ -61,12 +61,12 @@ def hf_runner(resolved, batch_size: int, max_new_tokens: int):
 
 
 def vllm_runner(resolved, max_new_tokens: int, merge: bool | None, guided: bool = True,
-                max_num_seqs: int | None = None):
+                max_num_seqs: int | None = None, **engine_kw):
     from instag.tagger.backends.vllm_engine import VLLMBackend
 
     t0 = time.perf_counter()
     backend = VLLMBackend(resolved, max_new_tokens=max_new_tokens, guided=guided, merge=merge,
-                          max_num_seqs=max_num_seqs)
+                          max_num_seqs=max_num_seqs, **engine_kw)
 
     def run(queries):  # the path `instag tag` takes: the whole input streamed through the engine
         return [gen for _, gen in sorted(backend.stream(enumerate(queries)), key=lambda item: item[0])]
@@ -76,14 +76,12 @@ def vllm_runner(resolved, max_new_tokens: int, merge: bool | None, guided: bool 
 
 def _replica(conn, resolved, args, memory_fraction: float) -> None:
     """One engine of ``vllm-xK``: answers each list of queries it is sent, until it is sent None."""
-    from instag.tagger.backends.vllm_engine import VLLMBackend
-
-    backend = VLLMBackend(resolved, max_new_tokens=args.max_new_tokens, guided=not args.unguided,
-                          max_num_seqs=args.max_num_seqs, memory_fraction=memory_fraction)
+    run, _, close = vllm_runner(resolved, args.max_new_tokens, None, not args.unguided, args.max_num_seqs,
+                                memory_fraction=memory_fraction)
     conn.send("ready")
     while (queries := conn.recv()) is not None:
-        conn.send([gen for _, gen in sorted(backend.stream(enumerate(queries)), key=lambda item: item[0])])
-    backend.close()
+        conn.send(run(queries))
+    close()
 
 
 def replicas_runner(resolved, args, k: int):

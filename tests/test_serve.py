@@ -156,16 +156,9 @@ def test_stream_gives_generates_answers_as_they_finish_and_aborts_the_rest(adapt
 
         # instag hands vLLM prompt tokens from one batched tokenizer call: the same tokens, so the same
         # answers, as vLLM's own tokenizing of the text prompts.
-        from vllm import SamplingParams
-
-        from instag.tagger.prompt import ANSWER_PREFIX
-
-        outs = backend.llm.generate([backend.prompt(q) for q in queries],
-                                    SamplingParams(temperature=0.0, max_tokens=16), lora_request=backend.lora,
-                                    use_tqdm=False)
-        assert [(ANSWER_PREFIX[backend.target] + o.outputs[0].text.rstrip(), len(o.prompt_token_ids),
-                 len(o.outputs[0].token_ids)) for o in outs] == \
-            [(g.text, g.prompt_tokens, g.completion_tokens) for g in want]
+        outs = backend.llm.generate([backend.prompt(q) for q in queries], backend.sampling_params(),
+                                    lora_request=backend.lora, use_tqdm=False)
+        assert [backend._generation(o) for o in outs] == want
 
         stream = backend.stream(enumerate(queries), window=4)
         first_key, _ = next(stream)
