@@ -160,6 +160,16 @@ def test_stream_gives_generates_answers_as_they_finish_and_aborts_the_rest(adapt
                                     lora_request=backend.lora, use_tqdm=False)
         assert [backend._generation(o) for o in outs] == want
 
+        # The prompt template every query shares comes from vLLM's prefix cache, in whole KV blocks: a
+        # new query is computed from where the template's last full block ends.
+        block = backend.llm.llm_engine.vllm_config.cache_config.block_size
+        a, b = (backend.prompts([q])[0]["prompt_token_ids"] for q in ("Name three cats.", "Sum 2 and 3."))
+        shared = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+        assert shared // block >= 1  # at least one whole block of template to share (CPU: 32-token blocks)
+        (fresh,) = backend.llm.generate(backend.prompts(["Sum 2 and 3."]), backend.sampling_params(),
+                                        lora_request=backend.lora, use_tqdm=False)
+        assert fresh.num_cached_tokens == shared // block * block
+
         stream = backend.stream(enumerate(queries), window=4)
         first_key, _ = next(stream)
         stream.close()  # the consumer stops (as on Ctrl-C): what is still in the engine is aborted

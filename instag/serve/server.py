@@ -38,6 +38,8 @@ def server_command(resolved: ResolvedModel, *, host: str = "127.0.0.1", port: in
         cmd.append("--enforce-eager")
     if "max_num_seqs" in kw:
         cmd += ["--max-num-seqs", str(kw["max_num_seqs"])]
+    if "block_size" in kw:
+        cmd += ["--block-size", str(kw["block_size"])]
     if resolved.adapter:
         cmd += ["--served-model-name", resolved.name, "--enable-lora", "--max-loras", "1",
                 "--max-lora-rank", str(kw["max_lora_rank"]), "--lora-modules", f"{SERVED_NAME}={resolved.adapter}"]
