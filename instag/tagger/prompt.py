@@ -66,10 +66,12 @@ def format_answer(tags: list[dict[str, str]] | list[str], target: Target = "tags
     return json.dumps(items, ensure_ascii=False)
 
 
-def render_prompt(tokenizer, query: str, target: Target = "tags+explanations") -> str:  # noqa: ANN001
-    """The full text a local model continues: chat template, generation prompt, answer prefix."""
+def render_prompt(tokenizer, query: str, target: Target = "tags+explanations",  # noqa: ANN001
+                  prefill: bool = True) -> str:
+    """The full text a local model continues: chat template, generation prompt, and (``prefill``) the
+    answer prefix; guided decoding leaves the prefix out, since its grammar writes the opening brackets."""
     text = tokenizer.apply_chat_template(build_messages(query, target), tokenize=False, add_generation_prompt=True)
-    return text + ANSWER_PREFIX[target]
+    return text + ANSWER_PREFIX[target] if prefill else text
 
 
 # JSON schemas of a well-formed answer, for guided decoding (vLLM structured outputs).

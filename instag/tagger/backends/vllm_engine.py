@@ -26,7 +26,7 @@ from unittest import mock
 
 from instag.tagger.backends import Generation, truncate_tokens
 from instag.tagger.models import ResolvedModel, merge_adapter, tokenizer_source
-from instag.tagger.prompt import ANSWER_PREFIX, ANSWER_SCHEMAS, build_messages, render_prompt
+from instag.tagger.prompt import ANSWER_PREFIX, ANSWER_SCHEMAS, render_prompt
 
 log = logging.getLogger(__name__)
 K = TypeVar("K")
@@ -161,10 +161,7 @@ class VLLMBackend:
         return SamplingParams(**kw)
 
     def prompt(self, query: str) -> str:
-        if self.guided:
-            return self.tokenizer.apply_chat_template(build_messages(query, self.target), tokenize=False,
-                                                      add_generation_prompt=True)
-        return render_prompt(self.tokenizer, query, self.target)
+        return render_prompt(self.tokenizer, query, self.target, prefill=not self.guided)
 
     def prompts(self, queries: list[str]) -> list[dict[str, list[int]]]:
         """vLLM token prompts for ``queries``, tokenized in one batched call.
