@@ -35,8 +35,9 @@ LORA_NAME = "instag-tagger"
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # what vLLM accepts as max_lora_rank
 SMALL_CPU = 4  # at most this many cores: vLLM's model threads get all of them (see cpu_env)
 # Sequences in flight on a CPU (vLLM's default there: 256). The CPU is compute-bound from a few
-# sequences on, so 64 tag as fast (benchmark: 3.02 against 3.11 queries/s on 2 cores, within the runs'
-# spread; `instag tag` on 146 queries: 50 s against 54 s), and answers start to land sooner (18 s
+# sequences on, so 64 tag about as fast (benchmark on 2 cores, 256 queries a run: 3.02 against 3.11
+# queries/s with 128-token KV blocks; 4.77 against 4.99 with 128 in flight and 4.89 with 256 since the
+# 32-token blocks below; `instag tag` on 146 queries: 50 s against 54 s), and answers land sooner (18 s
 # against 27 s there), so progress shows and a Ctrl-C has less half-done work to drop.
 CPU_MAX_NUM_SEQS = 64
 # KV-cache block size on a CPU (vLLM's default there: 128). Prefix caching keeps whole blocks only, and
