@@ -45,6 +45,31 @@ def test_batched_and_single_generation_agree(tiny_model_dir, alpaca_file, tmp_pa
     assert outs[1] == outs[5]
 
 
+def test_template_cache_gives_the_answers_of_whole_prompts(tiny_model_dir, alpaca_file):
+    """The transformers engine computes the prompt template's KV cache once and starts every batch from a
+    copy (template, padding, query); its answers are those of the whole left-padded prompts."""
+    from instag.io import read_queries
+    from instag.tagger.backends.hf import HFBackend
+    from instag.tagger.models import resolve
+
+    backend = HFBackend(resolve(str(tiny_model_dir)), max_new_tokens=8)
+    queries = [q.query for q in read_queries(alpaca_file)] + ["  two leading spaces", "?", "x " * 40]
+    prefix, cache = backend.template()
+    assert len(prefix) > 50 and cache.get_seq_length() == len(prefix)  # system prompt and instructions
+    assert "past_key_values" in backend._inputs(queries)
+    cached = [backend.generate(queries[i:i + 5]) for i in range(0, len(queries), 5)]
+    assert cache.get_seq_length() == len(prefix)  # batches used copies; the template's cache is intact
+    backend.prefix_cache = False
+    assert "past_key_values" not in backend._inputs(queries)
+    whole = [backend.generate(queries[i:i + 5]) for i in range(0, len(queries), 5)]
+    assert cached == whole and all(g.completion_tokens > 0 for batch in whole for g in batch)
+
+    # prompts that do not start with the template's tokens take the whole-prompt path
+    backend.prefix_cache = True
+    backend._prefix = (prefix[:-1] + [prefix[-1] + 1], cache)
+    assert "past_key_values" not in backend._inputs(queries)
+
+
 def test_resume_skips_done_ids_and_duplicates_nothing(tiny_model_dir, alpaca_file, tmp_path):
     out = tmp_path / "tags.jsonl"
     opts = TagOptions(model=str(tiny_model_dir), batch_size=4, max_new_tokens=4, progress=False)

@@ -44,10 +44,17 @@ def load_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "auto
 
 
 class HFBackend:
-    """Generate tag answers for batches of queries with a transformers causal LM."""
+    """Generate tag answers for batches of queries with a transformers causal LM.
+
+    Every prompt starts with the same template (chat template, system prompt, instructions), so its KV
+    cache is computed once and each batch starts from a copy (``prefix_cache``). A batch's input is then
+    template, left padding, query: the attention mask hides the padding, and transformers derives the
+    positions from the mask, so every answer is the one the whole prompt gives (64 of 64 identical with
+    the shipped adapter). Prefill was half of a batch's time, and the template 77 of its 154 (padded)
+    tokens a query: batches of 8 tag 1.80 queries/s against 1.42 on 2 cores (tag_throughput.py)."""
 
     def __init__(self, resolved: ResolvedModel, *, max_new_tokens: int = 256, device: str = "auto",
-                 dtype: str = "auto", threads: int | None = None):
+                 dtype: str = "auto", threads: int | None = None, prefix_cache: bool = True):
         import torch
 
         if threads or not torch.cuda.is_available():
@@ -57,6 +64,8 @@ class HFBackend:
         self.max_new_tokens = max_new_tokens
         self.tokenizer, self.model = load_model(resolved, device=device, dtype=dtype)
         self.device = self.model.device
+        self.prefix_cache = prefix_cache
+        self._prefix: tuple[list[int], object] | None = None  # (template tokens, their KV cache)
 
     @property
     def name(self) -> str:
@@ -68,11 +77,50 @@ class HFBackend:
     def prompts(self, queries: list[str]) -> list[str]:
         return [render_prompt(self.tokenizer, q, self.target) for q in queries]
 
+    def template(self) -> tuple[list[int], object]:
+        """The tokens every prompt starts with, and their KV cache (computed on first use)."""
+        if self._prefix is None:
+            import torch
+            from transformers import DynamicCache
+
+            a, b = (self.tokenizer(p, add_special_tokens=False)["input_ids"]
+                    for p in self.prompts(["Name three cats.", "Sum 2 and 3."]))
+            ids = os.path.commonprefix([a, b])
+            cache = DynamicCache(config=self.model.config)
+            if ids:
+                with torch.inference_mode():
+                    self.model(torch.tensor([ids], device=self.device), past_key_values=cache, use_cache=True)
+            self._prefix = (ids, cache)
+        return self._prefix
+
+    def _inputs(self, queries: list[str]) -> dict:
+        """Model inputs for a batch: left-padded prompts, or template + padding + query with a copy of
+        the template's cache, where every prompt starts with the template's tokens."""
+        import copy
+
+        import torch
+
+        prompts = self.prompts(queries)
+        if self.prefix_cache:
+            ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+            prefix, cache = self.template()
+            k = len(prefix)
+            if k and all(x[:k] == prefix for x in ids):
+                width = max(len(x) for x in ids) - k
+                pad = self.tokenizer.pad_token_id
+                past = copy.deepcopy(cache)
+                past.batch_repeat_interleave(len(ids))
+                return {"input_ids": torch.tensor([prefix + [pad] * (k + width - len(x)) + x[k:] for x in ids],
+                                                  device=self.device),
+                        "attention_mask": torch.tensor([[1] * k + [0] * (k + width - len(x)) + [1] * (len(x) - k)
+                                                        for x in ids], device=self.device),
+                        "past_key_values": past}
+        return self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+
     def generate(self, queries: list[str]) -> list[Generation]:
         import torch
 
-        enc = self.tokenizer(self.prompts(queries), return_tensors="pt", padding=True,
-                             add_special_tokens=False).to(self.device)
+        enc = self._inputs(queries)
         with torch.inference_mode():
             out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
                                       pad_token_id=self.tokenizer.pad_token_id)
