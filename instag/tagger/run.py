@@ -132,15 +132,15 @@ def make_backend(opts: TagOptions, pending: int | None = None):
 ENGINES = ("auto", "transformers", "vllm")
 
 
-VLLM_CPU_MIN_QUERIES = 150  # on CPU, auto takes vLLM from this many queries to tag (see pick_engine)
+VLLM_CPU_MIN_QUERIES = 200  # on CPU, auto takes vLLM from this many queries to tag (see pick_engine)
 
 
 def pick_engine(engine: str, pending: int | None = None) -> str:
     """``auto`` takes vLLM whenever it is importable and pays: always on a GPU (176x the one-at-a-time
     loop on an H200), and on a CPU for at least :data:`VLLM_CPU_MIN_QUERIES` queries. vLLM's CPU build
-    needs 25-75 s more to start than transformers (a first start is the slow one), then tags 3.4x as
-    fast as batches of 8 (4.8 against 1.4 queries/s on 2 cores, benchmarks/tag_throughput.py): it
-    finishes first from about 50 to 150 queries on."""
+    needs 25-75 s more to start than transformers (a first start is the slow one), then tags 2.6x as
+    fast as batches of 8 (4.8 against 1.8 queries/s on 2 cores, benchmarks/tag_throughput.py): it
+    finishes first from about 70 to 220 queries on."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if engine != "auto":
