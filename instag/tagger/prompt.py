@@ -74,6 +74,16 @@ def render_prompt(tokenizer, query: str, target: Target = "tags+explanations",  
     return text + ANSWER_PREFIX[target] if prefill else text
 
 
+def template_ids(tokenizer, target: Target = "tags+explanations", prefill: bool = True) -> list[int]:  # noqa: ANN001
+    """The prompt tokens every query shares (chat template, system prompt, instructions): the common
+    prefix of two prompts whose queries start differently. Engines cache their KV once."""
+    import os
+
+    a, b = (tokenizer(render_prompt(tokenizer, q, target, prefill), add_special_tokens=False)["input_ids"]
+            for q in ("Name three cats.", "Sum 2 and 3."))
+    return os.path.commonprefix([a, b])
+
+
 # JSON schemas of a well-formed answer, for guided decoding (vLLM structured outputs).
 ANSWER_SCHEMAS: dict[str, dict] = {
     "tags+explanations": {

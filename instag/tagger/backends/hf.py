@@ -7,7 +7,7 @@ import os
 
 from instag.tagger.backends import Generation, truncate_tokens
 from instag.tagger.models import ResolvedModel, tokenizer_source
-from instag.tagger.prompt import ANSWER_PREFIX, render_prompt
+from instag.tagger.prompt import ANSWER_PREFIX, render_prompt, template_ids
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +83,7 @@ class HFBackend:
             import torch
             from transformers import DynamicCache
 
-            a, b = (self.tokenizer(p, add_special_tokens=False)["input_ids"]
-                    for p in self.prompts(["Name three cats.", "Sum 2 and 3."]))
-            ids = os.path.commonprefix([a, b])
+            ids = template_ids(self.tokenizer, self.target)
             cache = DynamicCache(config=self.model.config)
             if ids:
                 with torch.inference_mode():
