@@ -92,28 +92,23 @@ class HFBackend:
         return self._prefix
 
     def _inputs(self, queries: list[str]) -> dict:
-        """Model inputs for a batch: left-padded prompts, or template + padding + query with a copy of
-        the template's cache, where every prompt starts with the template's tokens."""
+        """Model inputs for a batch: left-padded prompts or, where every prompt starts with the
+        template's tokens, template + left-padded rest with a copy of the template's cache."""
         import copy
 
         import torch
 
-        prompts = self.prompts(queries)
-        if self.prefix_cache:
-            ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
-            prefix, cache = self.template()
-            k = len(prefix)
-            if k and all(x[:k] == prefix for x in ids):
-                width = max(len(x) for x in ids) - k
-                pad = self.tokenizer.pad_token_id
-                past = copy.deepcopy(cache)
-                past.batch_repeat_interleave(len(ids))
-                return {"input_ids": torch.tensor([prefix + [pad] * (k + width - len(x)) + x[k:] for x in ids],
-                                                  device=self.device),
-                        "attention_mask": torch.tensor([[1] * k + [0] * (k + width - len(x)) + [1] * (len(x) - k)
-                                                        for x in ids], device=self.device),
-                        "past_key_values": past}
-        return self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        ids = self.tokenizer(self.prompts(queries), add_special_tokens=False)["input_ids"]
+        prefix, cache = self.template() if self.prefix_cache else ([], None)
+        k = len(prefix) if prefix and all(x[:len(prefix)] == prefix for x in ids) else 0
+        enc = dict(self.tokenizer.pad({"input_ids": [x[k:] for x in ids]}, return_tensors="pt"))
+        if k:
+            head = torch.tensor([prefix]).expand(len(ids), k)
+            enc["input_ids"] = torch.cat([head, enc["input_ids"]], dim=1)
+            enc["attention_mask"] = torch.cat([torch.ones_like(head), enc["attention_mask"]], dim=1)
+            enc["past_key_values"] = copy.deepcopy(cache)
+            enc["past_key_values"].batch_repeat_interleave(len(ids))
+        return {key: v.to(self.device) if torch.is_tensor(v) else v for key, v in enc.items()}
 
     def generate(self, queries: list[str]) -> list[Generation]:
         import torch

@@ -111,8 +111,8 @@ def engine_kwargs(resolved: ResolvedModel, *, dtype: str = "auto", max_model_len
     }
     if not gpu:
         kw["block_size"] = CPU_BLOCK_SIZE
-    if max_num_seqs is None and not gpu:
-        max_num_seqs = CPU_MAX_NUM_SEQS
+        if max_num_seqs is None:
+            max_num_seqs = CPU_MAX_NUM_SEQS
     if max_num_seqs:  # sequences in flight per step (on a GPU vLLM picks a default per device)
         kw["max_num_seqs"] = max_num_seqs
     if resolved.adapter:
