@@ -108,6 +108,8 @@ def tag(
     if summary.interrupted:
         err.print(f"[yellow]interrupted[/]: {summary.tagged} queries saved to {output}; run again to resume")
         raise typer.Exit(EXIT_INTERRUPTED)
+    if summary.empty:
+        err.print(f"[yellow]{summary.empty} answers named no tag[/]; run the same command again to retry them")
     if summary.errors:
         err.print(f"[yellow]{summary.errors} queries failed[/]; run the same command again to retry them")
         raise typer.Exit(EXIT_FAILED_QUERIES)
@@ -117,7 +119,8 @@ def _print_tag_summary(s) -> None:  # noqa: ANN001
     t = Table(title=f"instag tag -> {s.output}", show_header=False)
     rows = [("model", s.model or "-"), ("queries in input", s.queries), ("already done", s.already_done),
             ("duplicates skipped", s.duplicates), ("tagged now", s.tagged), ("parsed ok", s.ok),
-            ("unparsed (raw kept)", s.unparsed), ("failed (retry by re-running)", s.errors),
+            ("unparsed (raw kept)", s.unparsed), ("no tags (retry by re-running)", s.empty),
+            ("failed (retry by re-running)", s.errors),
             ("truncated queries", s.truncated), ("bad input skipped", s.bad_input),
             ("API retries", s.retries), ("prompt / completion tokens", f"{s.prompt_tokens} / {s.completion_tokens}"),
             ("seconds", f"{s.seconds:.1f}"), ("queries/s", f"{s.queries_per_second:.2f}")]

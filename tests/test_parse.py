@@ -2,8 +2,11 @@ import json
 
 import pytest
 
-from instag.tagger.parse import STATUS_OK, STATUS_UNPARSED, parse_tags
-from instag.tagger.prompt import ANSWER_PREFIX, build_messages, format_answer, render_prompt
+import re
+
+from instag.tagger.parse import STATUS_EMPTY, STATUS_OK, STATUS_UNPARSED, parse_tags
+from instag.tagger.prompt import (ANSWER_PREFIX, MAX_TAGS, TARGETS, answer_pattern, build_messages, format_answer,
+                                  render_prompt)
 
 GOOD = [{"tag": "python programming", "explanation": "asks for Python code"},
         {"tag": "string manipulation", "explanation": "works on strings"}]
@@ -45,8 +48,11 @@ def test_unparseable_answers_are_reported_not_dropped(text):
     assert parsed.error
 
 
-def test_empty_list_is_a_valid_answer():
-    assert parse_tags("[]").status == STATUS_OK
+@pytest.mark.parametrize("text", ["[]", "[ ]", '{"tags": []}', '["", "  "]'])
+def test_an_answer_without_tags_is_never_ok(text):
+    parsed = parse_tags(text)
+    assert parsed.status == (STATUS_EMPTY if text != '["", "  "]' else STATUS_UNPARSED) and parsed.tags == []
+    assert parsed.error
 
 
 def test_prompt_holds_query_and_asks_for_json():
@@ -71,3 +77,26 @@ def test_render_prompt_ends_with_prefill(tiny_model_dir):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     text = render_prompt(tok, "hello", "tags")
     assert text.endswith("<|im_start|>assistant\n" + ANSWER_PREFIX["tags"])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_guided_pattern_takes_every_trained_answer_and_no_empty_one(target):
+    """Guided decoding continues the prefilled prompt: its pattern must match what the distilled model was
+    trained to write after the prefix (json.dumps of 1 to MAX_TAGS tags), and nothing without a tag."""
+    pattern, prefix = re.compile(answer_pattern(target)), ANSWER_PREFIX[target]
+
+    def rest(tags):
+        text = format_answer(tags, target)
+        assert text.startswith(prefix)
+        return text[len(prefix):]
+
+    tags = [{"tag": t, "explanation": e} for t, e in [("code generation", "asks for code"), ("c++", ""),
+                                                       ('say "hi"', "quotes\nand a newline"), ("数学", "ü")]]
+    for k in range(1, MAX_TAGS + 1):
+        answer = (tags * MAX_TAGS)[:k]
+        assert pattern.fullmatch(rest(answer)), answer
+        assert parse_tags(prefix + rest(answer)).status == STATUS_OK
+    # After the prefix no "[]" can be written; an empty first tag or one tag too many is refused.
+    for bad in ([{"tag": "", "explanation": ""}], (tags * MAX_TAGS)[:MAX_TAGS + 1]):
+        assert not pattern.fullmatch(rest(bad))
+    assert not pattern.fullmatch(rest(tags[:2]).replace(", ", ",", 1))  # only json.dumps' separators

@@ -3,7 +3,8 @@
 Accepts what real models write: code fences, prose before or after the JSON, near-JSON (trailing
 commas, single quotes, unclosed brackets; repaired with json-repair), a single object instead of a
 list, ``{"tags": [...]}`` wrappers, and the compact format (a list of tag strings). An answer that holds
-no recognisable tags is never dropped: the caller keeps its raw text with status ``unparsed``.
+no recognisable tags is never dropped: the caller keeps its raw text with status ``unparsed``, or
+``empty`` when it is a well-formed list with no tag in it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json_repair
 STATUS_OK = "ok"
 STATUS_UNPARSED = "unparsed"
 STATUS_ERROR = "error"  # the request itself failed (API error after retries)
+STATUS_EMPTY = "empty"  # a well-formed answer that names no tag ("[]"): no tags, so never "ok"; retried
 
 _FENCE = re.compile(r"```[a-zA-Z0-9_-]*\s*\n?(.*?)(?:```|\Z)", re.S)
 _TAG_KEYS = ("tag", "Tag", "name", "intent", "label")
@@ -107,6 +109,8 @@ def parse_tags(text: str | None) -> Parsed:
             if t is not None and t["tag"].lower() not in seen:
                 seen.add(t["tag"].lower())
                 tags.append(t)
-        if tags or not items:
+        if tags:
             return Parsed(tags=tags, status=STATUS_OK)
+        if not items:
+            return Parsed(status=STATUS_EMPTY, error="the answer is an empty tag list")
     return Parsed(error="no JSON list of tags found in the answer")

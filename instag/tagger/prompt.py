@@ -84,15 +84,44 @@ def template_ids(tokenizer, target: Target = "tags+explanations", prefill: bool 
     return os.path.commonprefix([a, b])
 
 
-# JSON schemas of a well-formed answer, for guided decoding (vLLM structured outputs).
+# Most tags an answer may hold under guided decoding (the teacher writes 2-6; InsTag's ChatGPT tags
+# averaged under 5): a cap, so that a looping answer ends instead of running to the token limit.
+MAX_TAGS = 12
+
+# One JSON string's content, as json.dumps writes it: any character but quote, backslash and control
+# characters, or an escape.
+_JSON_CHAR = r'(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})'
+# The rest of an item once its opening (the prefix, or ', ' + the prefix) is written; a tag is never empty.
+_ITEM_REST = {"tags": f'{_JSON_CHAR}+"',
+              "tags+explanations": f'{_JSON_CHAR}+", "explanation": "{_JSON_CHAR}*"\\}}'}
+_ITEM_OPEN = {"tags": '"', "tags+explanations": '\\{"tag": "'}  # ANSWER_PREFIX less its '[', as a regex
+
+
+def answer_pattern(target: Target = "tags+explanations") -> str:
+    """The regular expression guided decoding holds the answer to, after :data:`ANSWER_PREFIX`.
+
+    The prefix stays in the prompt (the adapter was trained on answers that start with it), so the grammar
+    constrains only the continuation: the rest of the first tag, then 0 to ``MAX_TAGS - 1`` more, each as
+    ``json.dumps`` separates them, then ``]``. So a guided answer always holds 1 to ``MAX_TAGS`` tags, and a
+    model that writes its trained format is never steered away from it.
+    """
+    rest = _ITEM_REST[check_target(target)]
+    return f"{rest}(?:, {_ITEM_OPEN[target]}{rest}){{0,{MAX_TAGS - 1}}}\\]"
+
+
+# JSON schemas of a well-formed answer, for structured outputs where no prefill is possible (an API
+# that writes the whole answer itself): 1 to MAX_TAGS non-empty tags.
+_TAG_STRING = {"type": "string", "minLength": 1}
 ANSWER_SCHEMAS: dict[str, dict] = {
     "tags+explanations": {
         "type": "array",
+        "minItems": 1,
+        "maxItems": MAX_TAGS,
         "items": {
             "type": "object",
-            "properties": {"tag": {"type": "string"}, "explanation": {"type": "string"}},
+            "properties": {"tag": _TAG_STRING, "explanation": {"type": "string"}},
             "required": ["tag", "explanation"],
         },
     },
-    "tags": {"type": "array", "items": {"type": "string"}},
+    "tags": {"type": "array", "minItems": 1, "maxItems": MAX_TAGS, "items": _TAG_STRING},
 }

@@ -2,7 +2,8 @@
 
 Output: one JSON line per query (schema in README): id, source, query, tags, raw, model, status,
 error, token counts, truncated. The file is append-only; a re-run resumes, skipping ids already tagged
-(``ok`` or ``unparsed``) and retrying ids whose request failed (``error``); readers keep the last
+(``ok`` or ``unparsed``) and retrying ids whose request failed (``error``) or whose answer named no
+tag (``empty``); readers keep the last
 record of an id (:func:`instag.io.latest_by_id`).
 """
 
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 
 from instag.io import JsonlAppender, Query, ReadStats, iter_jsonl_records, latest_by_id, read_queries, repair_tail
 from instag.tagger.backends import Generation
-from instag.tagger.parse import STATUS_ERROR, STATUS_OK, STATUS_UNPARSED, parse_tags
+from instag.tagger.parse import STATUS_EMPTY, STATUS_ERROR, STATUS_OK, STATUS_UNPARSED, parse_tags
 from instag.tagger.prompt import check_target
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ TRUNCATE_CHUNK = 1024  # queries per batched truncation (see _truncated)
 class TagOptions:
     model: str = "local"
     engine: str = "auto"  # auto: vllm when importable, on a GPU or for many queries (pick_engine)
-    guided: bool | None = None  # JSON-schema structured outputs; None: on for vllm, off for APIs
+    guided: bool | None = None  # structured outputs (see prompt.answer_pattern); None: on for vllm, off for APIs
     target: str = "tags+explanations"  # answer format asked of API models
     base_url: str | None = None
     api_key: str | None = None
@@ -67,6 +68,7 @@ class TagSummary:
     tagged: int = 0
     ok: int = 0
     unparsed: int = 0
+    empty: int = 0
     errors: int = 0
     truncated: int = 0
     bad_input: int = 0
@@ -200,6 +202,7 @@ def tag_file(input_path: str | Path, output_path: str | Path, opts: TagOptions,
         status = rec["status"]
         summary.ok += status == STATUS_OK
         summary.unparsed += status == STATUS_UNPARSED
+        summary.empty += status == STATUS_EMPTY
         summary.errors += status == STATUS_ERROR
         bar.update(1)
 

@@ -15,7 +15,7 @@ import openai
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from instag.tagger.backends import Generation
-from instag.tagger.prompt import ANSWER_SCHEMAS, Target, build_messages
+from instag.tagger.prompt import ANSWER_PREFIX, Target, answer_pattern, build_messages
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,13 @@ class OpenAIBackend:
         self.temperature = temperature
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
-        # Structured outputs: the tag-list JSON schema as response_format (vLLM servers accept a top-level
-        # array; OpenAI's strict mode wants an object, so leave this off for OpenAI's own API).
-        self.extra = {"response_format": {"type": "json_schema", "json_schema": {
-            "name": "instag_tags", "schema": ANSWER_SCHEMAS[target]}}} if guided else {}
+        # guided: for a vLLM server of a local tagger (instag serve). The answer prefix is sent as the start
+        # of the assistant turn, which vLLM continues (continue_final_message), under the same regex as the
+        # offline engine: the prompt the adapter was trained on, and 1 to MAX_TAGS tags. OpenAI's own API
+        # neither continues a message nor takes a regex: leave guided off there.
+        self.prefix = ANSWER_PREFIX[target] if guided else ""
+        self.extra = {"extra_body": {"add_generation_prompt": False, "continue_final_message": True,
+                                     "structured_outputs": {"regex": answer_pattern(target)}}} if guided else {}
         # Our own retry loop (max_retries=0 here) so that every kind of fault is counted alike.
         self.client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "EMPTY", timeout=timeout,
                                          max_retries=0)
@@ -61,14 +64,17 @@ class OpenAIBackend:
         return [(q, False) if len(q) <= limit else (q[:limit], True) for q in queries]
 
     async def _once(self, query: str) -> Generation:
+        messages = build_messages(query, self.target)
+        if self.prefix:
+            messages.append({"role": "assistant", "content": self.prefix})
         resp = await self.client.chat.completions.create(
-            model=self.model, messages=build_messages(query, self.target),  # type: ignore[arg-type]
+            model=self.model, messages=messages,  # type: ignore[arg-type]
             temperature=self.temperature, max_tokens=self.max_tokens, **self.extra)
         if not resp.choices:
             raise openai.APIResponseValidationError(response=httpx.Response(200, request=httpx.Request(
                 "POST", str(self.client.base_url))), body=None, message="response has no choices")
         usage = resp.usage
-        return Generation(text=resp.choices[0].message.content or "",
+        return Generation(text=self.prefix + (resp.choices[0].message.content or ""),
                           prompt_tokens=usage.prompt_tokens if usage else 0,
                           completion_tokens=usage.completion_tokens if usage else 0)
 

