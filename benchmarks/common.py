@@ -6,8 +6,13 @@ import json
 import os
 import platform
 import random
+import shutil
+import statistics
+import subprocess
 import sys
+import threading
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,3 +57,27 @@ def write_json(path: str | Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {path}")
+
+
+@contextmanager
+def gpu_utilization(interval_ms: int = 200):
+    """Sample the GPU's utilization (nvidia-smi, every ``interval_ms``) while the block runs; the yielded
+    dict gets ``gpu_util_mean`` / ``gpu_util_max`` (percent) afterwards. Empty where there is no nvidia-smi."""
+    stats: dict = {}
+    if not shutil.which("nvidia-smi"):
+        yield stats
+        return
+    proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                             f"-lms={interval_ms}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    samples: list[float] = []
+    reader = threading.Thread(target=lambda: samples.extend(
+        float(line) for line in proc.stdout if line.strip().replace(".", "", 1).isdigit()), daemon=True)
+    reader.start()
+    try:
+        yield stats
+    finally:
+        proc.terminate()
+        reader.join(timeout=5)
+        if samples:
+            stats.update(gpu_util_mean=round(statistics.fmean(samples), 1), gpu_util_max=max(samples),
+                         gpu_util_samples=len(samples))

@@ -9,9 +9,13 @@ adapter runs merged into its base on CPU, as LoRA on a GPU); ``vllm-lora`` / ``v
 of the two; ``vllm-xK`` = K ``vllm`` engines side by side on one device, each in its own process with
 1/K of the memory, splitting every run; ``vllm-server`` = vLLM's OpenAI-compatible server with
 ``--clients`` concurrent clients through instag's own API backend. ``ENGINE@N`` runs that engine on N
-queries instead of --n, reusing a started engine: ``hf1@32,vllm,vllm@16384``. Engine start-up is timed
+queries instead of --n, reusing a started engine: ``hf1@32,vllm,vllm@16384``; ``vllm-xK/U`` runs on the
+first U of K started engines (``vllm-x8/1,vllm-x8/2,vllm-x8/8``: one start, three scales); a ``~u``
+suffix runs a vllm row unguided on the same engines (``vllm~u``: the prompt is the same, only the
+grammar goes). On a GPU each row also records the GPU's utilization (nvidia-smi). Engine start-up is timed
 apart, not counted in queries/s. Each of the --repeats runs tags different queries (the same ones for
-every engine), so that vLLM's prefix cache cannot serve a whole prompt from an earlier run;
+every engine), so that vLLM's prefix cache cannot serve a whole prompt from an earlier run (a later row on
+a started engine takes the queries after those its earlier rows took);
 ``--queries FILE`` should hold repeats x N + 4 queries. ``--dump-queries FILE --n 16384`` writes that
 many (for --repeats) for a machine without the shared pool.
 Prints a table and writes benchmarks/results/tag_throughput.json.
@@ -21,12 +25,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import itertools
 import json
 import socket
 import statistics
 import time
 
-from common import REPO, machine, sample_queries, write_json
+from common import REPO, gpu_utilization, machine, sample_queries, write_json
 from rich.console import Console
 from rich.table import Table
 
@@ -34,13 +40,19 @@ from instag.tagger.models import resolve
 from instag.tagger.parse import STATUS_OK, parse_tags
 
 
-def timed(fn, queries: list[str]) -> dict:
-    t0 = time.perf_counter()
-    gens = fn(queries)
-    dt = time.perf_counter() - t0
+def timed(fn, queries: list[str], keep: int = 0) -> dict:
+    """One run: time, tokens, parsed answers (at least one tag), GPU utilization; the first ``keep``
+    answers' text to compare engines."""
+    with gpu_utilization() as util:
+        t0 = time.perf_counter()
+        gens = fn(queries)
+        dt = time.perf_counter() - t0
     out_tokens = sum(g.completion_tokens for g in gens)
-    return {"seconds": dt, "queries_per_s": len(queries) / dt, "output_tokens_per_s": out_tokens / dt,
-            "output_tokens": out_tokens, "parsed": sum(parse_tags(g.text).status == STATUS_OK for g in gens)}
+    row = {"seconds": dt, "queries_per_s": len(queries) / dt, "output_tokens_per_s": out_tokens / dt,
+           "output_tokens": out_tokens, "parsed": sum(parse_tags(g.text).status == STATUS_OK for g in gens), **util}
+    if keep:
+        row["answers"] = [g.text for g in gens[:keep]]
+    return row
 
 
 def hf_runner(resolved, batch_size: int, max_new_tokens: int):
@@ -50,11 +62,13 @@ def hf_runner(resolved, batch_size: int, max_new_tokens: int):
     backend = HFBackend(resolved, max_new_tokens=max_new_tokens)
     start = time.perf_counter() - t0
 
-    def run(queries):
-        order = sorted(queries, key=len)  # the same length-sorted batching as `instag tag`
-        gens = []
-        for i in range(0, len(order), batch_size):
-            gens += backend.generate(order[i:i + batch_size])
+    def run(queries, guided=None):  # noqa: ARG001 (no guided decoding in transformers)
+        order = sorted(range(len(queries)), key=lambda i: len(queries[i]))  # `instag tag`'s length-sorted batches
+        gens = [None] * len(queries)
+        for b in range(0, len(order), batch_size):
+            idx = order[b:b + batch_size]
+            for i, gen in zip(idx, backend.generate([queries[i] for i in idx])):
+                gens[i] = gen
         return gens
 
     return run, start, None
@@ -67,8 +81,10 @@ def vllm_runner(resolved, max_new_tokens: int, merge: bool | None, guided: bool 
     t0 = time.perf_counter()
     backend = VLLMBackend(resolved, max_new_tokens=max_new_tokens, guided=guided, merge=merge,
                           max_num_seqs=max_num_seqs, **engine_kw)
+    default_guided = guided
 
-    def run(queries):  # the path `instag tag` takes: the whole input streamed through the engine
+    def run(queries, guided=None):  # the path `instag tag` takes: the whole input streamed through the engine
+        backend.guided = guided if guided is not None else default_guided  # same prompt either way
         return [gen for _, gen in sorted(backend.stream(enumerate(queries)), key=lambda item: item[0])]
 
     return run, time.perf_counter() - t0, backend.close
@@ -76,50 +92,73 @@ def vllm_runner(resolved, max_new_tokens: int, merge: bool | None, guided: bool 
 
 def _replica(conn, resolved, args, memory_fraction: float) -> None:
     """One engine of ``vllm-xK``: answers each list of queries it is sent, until it is sent None."""
-    run, _, close = vllm_runner(resolved, args.max_new_tokens, None, not args.unguided, args.max_num_seqs,
-                                memory_fraction=memory_fraction)
+    try:
+        run, _, close = vllm_runner(resolved, args.max_new_tokens, None, not args.unguided, args.max_num_seqs,
+                                    memory_fraction=memory_fraction)
+    except BaseException as e:  # the parent waits for an answer: give it the reason, not silence
+        conn.send(RuntimeError(f"engine failed to start: {type(e).__name__}: {e}"))
+        raise
     conn.send("ready")
-    while (queries := conn.recv()) is not None:
-        conn.send(run(queries))
+    while (job := conn.recv()) is not None:
+        conn.send(run(*job))
     close()
 
 
 def replicas_runner(resolved, args, k: int):
     """``vllm-xK``: K vLLM engines on one device, each in its own process (its own front end and engine
     core), each tagging every K-th query of a run. Measures whether engines side by side go past one
-    engine's per-request CPU work. Each gets 1/K of the memory one engine would take."""
+    engine's per-request CPU work. On a GPU each gets 1/K of the memory one engine would take."""
     import multiprocessing
 
     from instag.tagger.backends.vllm_engine import on_gpu
 
     ctx = multiprocessing.get_context("spawn")
-    share = (0.85 if on_gpu() else 0.15) / k
+    # A GPU's memory is split between the engines; on a CPU each keeps the KV share one engine gets there.
+    share = 0.85 / k if on_gpu() else 0.15
     t0 = time.perf_counter()
     conns, procs = [], []
-    for i in range(k):
-        parent, child = ctx.Pipe()
-        procs.append(ctx.Process(target=_replica, args=(child, resolved, args, share)))
-        procs[-1].start()
-        conns.append(parent)
-        if i == 0:
-            conns[0].recv()  # the first engine fills the compile cache; the others then start from it
-    for conn in conns[1:]:
-        conn.recv()
+
+    def answer(i: int):  # engine i's next message; an engine that died or failed stops the benchmark
+        while not conns[i].poll(1.0):
+            if not procs[i].is_alive():
+                raise RuntimeError(f"engine {i} exited with code {procs[i].exitcode}")
+        got = conns[i].recv()
+        if isinstance(got, BaseException):
+            raise got
+        return got
+
+    try:
+        for i in range(k):
+            parent, child = ctx.Pipe()
+            procs.append(ctx.Process(target=_replica, args=(child, resolved, args, share)))
+            procs[-1].start()
+            conns.append(parent)
+            if i == 0:
+                answer(0)  # the first engine fills the compile cache; the others then start from it
+        for i in range(1, k):
+            answer(i)
+    except BaseException:
+        for proc in procs:
+            proc.kill()
+        raise
     start = time.perf_counter() - t0
 
-    def run(queries):
-        for i, conn in enumerate(conns):
-            conn.send(queries[i::k])
+    def run(queries, guided=None, use=k):  # the first `use` engines split the run
+        for i, conn in enumerate(conns[:use]):
+            conn.send((queries[i::use], guided))
         gens = [None] * len(queries)
-        for i, conn in enumerate(conns):
-            gens[i::k] = conn.recv()
+        for i in range(use):
+            gens[i::use] = answer(i)
         return gens
 
     def close():
-        for conn in conns:
-            conn.send(None)
+        for conn, proc in zip(conns, procs):
+            if proc.is_alive():
+                conn.send(None)
         for proc in procs:
             proc.join(timeout=120)
+            if proc.is_alive():
+                proc.kill()
 
     return run, start, close
 
@@ -136,7 +175,7 @@ def server_runner(resolved, max_new_tokens: int, clients: int):
     # (adapters: merged into the base on CPU, LoRA on a GPU, as `instag serve` does)
     start = time.perf_counter() - t0
 
-    def run(queries):
+    def run(queries, guided=None):  # noqa: ARG001 (the client is always guided)
         async def go():
             api = OpenAIBackend("instag-tagger", base_url=server.base_url, target=resolved.target, guided=True,
                                 max_tokens=max_new_tokens, concurrency=clients, timeout=600)
@@ -157,6 +196,19 @@ def server_runner(resolved, max_new_tokens: int, clients: int):
 
 
 WARMUP = 4  # queries run once after an engine starts, apart from the measured ones
+
+
+def parse_spec(text: str, default_n: int) -> dict:
+    """``ENGINE[/USE][~u][@N]`` -> the engine to start, the run's options, the query count."""
+    name, _, n = text.partition("@")
+    kind, unguided = (name[:-2], True) if name.endswith("~u") else (name, False)
+    kind, _, use = kind.partition("/")
+    run: dict = {"guided": False} if unguided else {}
+    if use:
+        if not kind.startswith("vllm-x"):
+            raise SystemExit(f"{text}: /USE is for vllm-xK engines")
+        run["use"] = int(use)
+    return {"name": name, "kind": kind, "n": int(n) if n else default_n, "run": run}
 
 
 def load_queries(path: str) -> list[str]:
@@ -190,6 +242,8 @@ def main() -> None:
     ap.add_argument("--max-num-seqs", type=int,
                     help="vllm engines: sequences in flight (default: 64 on a CPU, vLLM's on a GPU)")
     ap.add_argument("--queries", help="JSONL/JSON/CSV/parquet of queries to sample from (default: the shared pool)")
+    ap.add_argument("--keep-answers", type=int, default=0, metavar="N",
+                    help="keep the first N answers of each row's first run in the JSON (to compare engines)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "tag_throughput.json"))
     ap.add_argument("--dump-queries", metavar="FILE",
                     help="write the query sample (--repeats x --n + 4 queries) as JSONL and stop: "
@@ -204,10 +258,11 @@ def main() -> None:
               f"to {args.dump_queries}")
         return
 
-    specs = [(e.split("@")[0], int(e.split("@")[1]) if "@" in e else args.n) for e in args.engines.split(",")]
+    specs = [parse_spec(e, args.n) for e in args.engines.split(",")]
     # Each repeat gets its own queries (the same ones for every engine), and the warm-up the last WARMUP:
     # a repeat of the same prompts would hit vLLM's prefix cache for whole prompts and flatter it.
-    largest = max(n for _, n in specs)
+    largest = max(sum(spec["n"] for spec in group) for _, group in
+                  itertools.groupby(specs, key=lambda spec: spec["kind"]))  # consecutive rows share an engine
     need = largest * args.repeats + WARMUP
     pool = load_queries(args.queries) if args.queries else sample_queries(need)
     if len(pool) < need:
@@ -218,18 +273,24 @@ def main() -> None:
     rows = []
     engine = None  # (kind, run, start, close): one engine at a time, reused by consecutive rows of its kind
     try:
-        for kind, n in specs:
+        for spec in specs:
+            kind, n = spec["kind"], spec["n"]
             if engine is None or engine[0] != kind:
                 if engine and engine[3]:
                     engine[3]()
                 engine = (kind, *start_engine(kind, resolved, args))
                 engine[1](warm)
-            runs = [timed(engine[1], [measured[(r * n + i) % len(measured)] for i in range(n)])
-                    for r in range(args.repeats)]
-            med = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
-            rows.append({"engine": kind, "n": n, **med, "start_seconds": round(engine[2], 1),
+                used = 0  # queries this engine has seen: a later row of it takes the next ones (prefix cache)
+            run = functools.partial(engine[1], **spec["run"])
+            runs = [timed(run, [measured[(used + r * n + i) % len(measured)] for i in range(n)],
+                          keep=args.keep_answers if r == 0 else 0) for r in range(args.repeats)]
+            answers = runs[0].pop("answers", None)
+            med = dict(sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2], **({"answers": answers} if answers else {}))
+            rows.append({"engine": spec["name"], "n": n, "first_query": used % len(measured), **med,
+                         "start_seconds": round(engine[2], 1),
                          "queries_per_s_all": [round(r["queries_per_s"], 3) for r in runs]})
-            print(rows[-1], flush=True)
+            used += n * args.repeats
+            print({k: v for k, v in rows[-1].items() if k != "answers"}, flush=True)
             save(args, resolved, rows)  # after every engine: a long run that is stopped keeps what it measured
     finally:
         if engine and engine[3]:

@@ -1,24 +1,29 @@
 #!/usr/bin/env bash
 # On an offline GPU box: unpack the bundle of scripts/offline_vllm_bundle.sh and run the vLLM throughput
-# experiments on 16,384 pool queries, most telling first, each under its own time limit (default 400 s),
-# so that a call on a lent machine measures what it can; lora and x4 together take about 8 minutes
-# (estimated from the H200's 117 s engine start). Run from the repo root:
+# experiments, most telling first, each under its own time limit, so that a call on a lent machine
+# measures what it can. Run from the repo root:
 #
 #   bash scripts/gpu_bench.sh PARTS_DIR [EXPERIMENTS] [SECONDS_EACH]
 #
 # PARTS_DIR holds bundle.tar or its parts (part.0, part.1, ...). EXPERIMENTS (comma-separated, default
-# "lora,x4,unguided,merged"): lora = one engine as `instag tag` runs it on a GPU (LoRA, guided);
-# x4 = four such engines side by side (benchmarks/tag_throughput.py's vllm-x4); unguided = one engine
-# without the JSON schema; merged = the adapter merged into its base. Results and logs go to
-# $OUT (default benchmarks/results) as gpu_<experiment>.json / .log. N (default 16384) sets the queries
-# per experiment, PYTHON the interpreter (default python3).
+# "tag,scale"), each as NAME or NAME:SECONDS:
+#   tag      `instag tag --model local` exactly as a user runs it on a GPU (auto engine: vLLM, LoRA, guided)
+#            on N queries, with the GPU's utilization (nvidia-smi dmon); keeps id/raw/status of each answer;
+#   scale    K_MAX vLLM engines side by side on the one GPU, each in its own process, started once: runs on
+#            the first K of them for K = K_MAX, K_MAX/2, ..., 1 (guided), then K_MAX and 1 unguided
+#            (benchmarks/tag_throughput.py's vllm-xK/U rows, N_SCALE queries a row, the first 1,000
+#            answers of each kept to compare with `tag`);
+#   lora, unguided, merged   one engine: as `instag tag` runs it / without the grammar / adapter merged.
+# Results and logs go to $OUT (default benchmarks/results) as gpu_<experiment>.json / .log. N (default
+# 16384), N_SCALE (8192), K_MAX (8), PYTHON (python3) can be set in the environment.
 set -uo pipefail
 ST=${1:?usage: gpu_bench.sh PARTS_DIR [EXPERIMENTS] [SECONDS_EACH]}
-EXPERIMENTS=${2:-lora,x4,unguided,merged}
+EXPERIMENTS=${2:-tag,scale}
 EACH=${3:-400}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$REPO/benchmarks/results}
 B=${BUNDLE_DIR:-/tmp/instag-bundle} SITE=/tmp/site PY=${PYTHON:-python3} N=${N:-16384}
+N_SCALE=${N_SCALE:-8192} K_MAX=${K_MAX:-8}
 mkdir -p "$B" "$SITE" "$OUT"
 
 if [ ! -f "$B/queries.jsonl" ]; then
@@ -30,24 +35,59 @@ if [ ! -f "$B/queries.jsonl" ]; then
   echo "unpacked in $((SECONDS - t0)) s"
 fi
 export PYTHONPATH=$REPO:$SITE${PYTHONPATH:+:$PYTHONPATH} VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1
-export INSTAG_CACHE=${INSTAG_CACHE:-/root/cache}
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU"
+export INSTAG_CACHE=${INSTAG_CACHE:-/root/cache} PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU"
+nproc
 
-run() {  # name, then tag_throughput.py arguments
-  local name=$1; shift
-  echo "== $name: $*"
-  timeout "$EACH" "$PY" "$REPO/benchmarks/tag_throughput.py" --queries "$B/queries.jsonl" --n "$N" \
+cleanup() { pkill -9 -f 'VLLM::|multiprocessing.spawn|instag.cli' 2>/dev/null; pkill -f 'nvidia-smi dmon' 2>/dev/null; }
+
+bench() {  # name, seconds, then tag_throughput.py arguments
+  local name=$1 secs=$2; shift 2
+  echo "== $name (${secs} s at most): $*"
+  timeout "$secs" "$PY" "$REPO/benchmarks/tag_throughput.py" --queries "$B/queries.jsonl" --n "$N" \
     --repeats 1 --out "$OUT/gpu_$name.json" "$@" > "$OUT/gpu_$name.log" 2>&1
   echo "   exit $?; $(grep -c '^{' "$OUT/gpu_$name.log") result(s)"
-  pkill -9 -f 'VLLM::|multiprocessing.spawn' 2>/dev/null  # engines of a run cut by the time limit
+  cleanup
   grep '^{' "$OUT/gpu_$name.log"
 }
-for e in ${EXPERIMENTS//,/ }; do
+
+tag_run() {  # `instag tag` as a user runs it, with the GPU's utilization every second
+  local secs=$1
+  echo "== tag (${secs} s at most): instag tag --model local on $N queries"
+  head -n "$N" "$B/queries.jsonl" > "$B/tag_in.jsonl"
+  rm -f "$B/tag_out.jsonl"
+  nvidia-smi dmon -s u -d 1 > "$OUT/gpu_tag_dmon.log" 2>&1 &
+  local t0=$(date +%s.%N)
+  timeout "$secs" "$PY" -m instag.cli tag "$B/tag_in.jsonl" -o "$B/tag_out.jsonl" --model local \
+    --summary-json "$OUT/gpu_tag.json" > "$OUT/gpu_tag.log" 2>&1
+  local rc=$? t1=$(date +%s.%N)
+  cleanup
+  echo "   exit $rc; wall $(awk "BEGIN{printf \"%.1f\", $t1 - $t0}") s (engine start included); $(wc -l < "$B/tag_out.jsonl" 2>/dev/null) records"
+  cat "$OUT/gpu_tag.json" 2>/dev/null
+  # id, status, raw and token counts of every answer (the queries are in the bundle), to compare engines
+  "$PY" -c "
+import json, sys
+with open(sys.argv[1]) as f, open(sys.argv[2], 'w') as out:
+    for line in f:
+        r = json.loads(line)
+        out.write(json.dumps({k: r[k] for k in ('id', 'status', 'raw', 'completion_tokens')}) + '\n')
+" "$B/tag_out.jsonl" "$OUT/gpu_tag_answers.jsonl" 2>/dev/null && xz -f "$OUT/gpu_tag_answers.jsonl"
+}
+
+scale_rows() {
+  local rows="" k=$K_MAX
+  while [ "$k" -ge 1 ]; do rows+="vllm-x$K_MAX/$k@$N_SCALE,"; k=$((k / 2)); done
+  echo "${rows}vllm-x$K_MAX/$K_MAX~u@$N_SCALE,vllm-x$K_MAX/1~u@$N_SCALE"
+}
+
+for spec in ${EXPERIMENTS//,/ }; do
+  e=${spec%%:*}; secs=$EACH; [ "$spec" != "$e" ] && secs=${spec#*:}
   case $e in
-    lora) run lora --engines vllm ;;
-    x4) run x4 --engines vllm-x4 ;;
-    unguided) run unguided --engines vllm --unguided ;;
-    merged) run merged --engines vllm-merged ;;
+    tag) tag_run "$secs" ;;
+    scale) bench scale "$secs" --engines "$(scale_rows)" --max-new-tokens 256 --keep-answers 1000 ;;
+    lora) bench lora "$secs" --engines vllm ;;
+    unguided) bench unguided "$secs" --engines vllm --unguided ;;
+    merged) bench merged "$secs" --engines vllm-merged ;;
     *) echo "unknown experiment $e" ;;
   esac
 done
