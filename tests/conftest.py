@@ -19,7 +19,8 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    # "\n" only: splitlines() would also split at U+2028 / U+0085 inside JSON strings (ShareGPT has them)
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 @pytest.fixture(scope="session")

