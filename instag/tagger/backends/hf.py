@@ -6,41 +6,10 @@ import logging
 import os
 
 from instag.tagger.backends import Generation, truncate_tokens
-from instag.tagger.models import ResolvedModel, tokenizer_source
+from instag.tagger.models import ResolvedModel, load_model
 from instag.tagger.prompt import ANSWER_PREFIX, render_prompt, template_ids
 
 log = logging.getLogger(__name__)
-
-
-def pick_device(device: str = "auto") -> str:
-    import torch
-
-    if device != "auto":
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def load_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "auto", merge: bool = True):
-    """(tokenizer, model) for a resolved spec; an adapter is applied and, by default, merged."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    device = pick_device(device)
-    if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    tok = AutoTokenizer.from_pretrained(tokenizer_source(resolved))
-    tok.padding_side = "left"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(resolved.base, dtype=getattr(torch, dtype))
-    if resolved.adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, resolved.adapter)
-        if merge:
-            model = model.merge_and_unload()
-    model.to(device).eval()
-    return tok, model
 
 
 class HFBackend:
