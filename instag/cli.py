@@ -130,6 +130,70 @@ def _print_tag_summary(s) -> None:  # noqa: ANN001
         err.print(f"  skipped: {escape(m)}", highlight=False, soft_wrap=True)
 
 
+@app.command("run")
+def run_cmd(
+    input: Path = typer.Argument(..., help="Queries, as for `instag tag`."),
+    out_dir: Path = typer.Option(..., "--output", "-o", help="Folder for the tags, normalized tags, report, selection."),
+    n: int = typer.Option(6000, "-n", min=0, help="How many queries to select."),
+    model: str = typer.Option("local", "--model", "-m", help="Model spec, as for `instag tag`."),
+    engine: str = typer.Option("auto", help="Local engine: auto, transformers, vllm (as for `instag tag`)."),
+    base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible API base URL (with openai:<name>)."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable that holds the API key."),
+    batch_size: int = typer.Option(8, min=1, help="Local batch size."),
+    max_new_tokens: int = typer.Option(256, min=1, help="Answer token budget."),
+    field: Optional[str] = typer.Option(None, help="Field holding the query text (overrides detection)."),
+    device: str = typer.Option("auto", help="Local device: auto, cpu, cuda."),
+    strategy: str = typer.Option("complexity", help="Selection: complexity (InsTag), diverse, or random."),
+    seed: int = typer.Option(0, help="Seed for tie-breaks and baselines."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Tag, normalize, analyze and select in one go into OUT_DIR; steps already done are skipped."""
+    from instag.pipeline import run_pipeline
+    from instag.tagger.models import ModelError
+    from instag.tagger.run import OPENAI_PREFIX, TagOptions
+
+    api_key = os.environ.get(api_key_env) if model.startswith(OPENAI_PREFIX) else None
+    if model.startswith(OPENAI_PREFIX) and api_key is None and base_url is None:
+        _fail(f"--model {model} needs an API key in ${api_key_env} (or --base-url for a local server)")
+    opts = TagOptions(model=model, engine=engine, base_url=base_url, api_key=api_key, batch_size=batch_size,
+                      max_new_tokens=max_new_tokens, field=field, device=device, progress=not quiet)
+
+    def on_step(name: str) -> None:
+        err.print(f"[bold]{escape(name)}[/] ...", highlight=False)
+
+    def on_done(step, res) -> None:  # noqa: ANN001
+        if not step.ran:
+            return
+        if step.step == "tag":
+            _print_tag_summary(res.tag)
+        elif step.step == "normalize":
+            _print_normalize_summary(res.normalize, res.paths.normalized)
+        elif step.step == "analyze":
+            _print_analyze_summary(res.analyze)
+        elif step.step == "select":
+            _print_select_summary(res.select, res.paths.selected)
+
+    try:
+        res = run_pipeline(input, out_dir, opts, n=n, strategy=strategy, seed=seed, on_step=on_step, on_done=on_done)
+    except InputError as e:
+        _fail(str(e))
+    except (ModelError, ValueError, OSError) as e:
+        _fail(f"{type(e).__name__}: {e}")
+    t = Table(title=f"instag run -> {out_dir}")
+    for col in ("step", "done", "seconds", "output", "result"):
+        t.add_column(col, overflow="fold")
+    for s in res.steps:
+        outputs = ", ".join(str(p.relative_to(out_dir)) for p in s.outputs)
+        t.add_row(s.step, "ran" if s.ran else "skipped", f"{s.seconds:.1f}", outputs, s.note)
+    err.print(t)
+    if res.interrupted:
+        err.print(f"[yellow]interrupted[/]: {res.tag.tagged} queries saved; run again to resume")
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if res.tag and res.tag.errors:
+        err.print(f"[yellow]{res.tag.errors} queries failed[/]; run the same command again to retry them")
+        raise typer.Exit(EXIT_FAILED_QUERIES)
+
+
 @models_app.command("list")
 def models_list() -> None:
     """List the registry's models and adapters and whether they are ready here."""
@@ -182,6 +246,10 @@ def normalize_cmd(
                                  progress=lambda step: status.update(f"normalizing: {step}"))
         except (InputError, ValueError) as e:
             _fail(str(e))
+    _print_normalize_summary(res, output)
+
+
+def _print_normalize_summary(res, output: Path) -> None:  # noqa: ANN001
     t = Table(title=f"instag normalize -> {output}")
     for col in ("step", "tags before", "tags after", "occurrences before", "after", "dropped", "merged", "seconds"):
         t.add_column(col, justify="right")
@@ -206,6 +274,11 @@ def analyze(
         stats, index = analyze_files(inputs, output, by)
     except (InputError, ValueError) as e:
         _fail(str(e))
+    _print_analyze_summary(stats)
+    err.print(f"report: {index}")
+
+
+def _print_analyze_summary(stats) -> None:  # noqa: ANN001
     t = Table(title="instag analyze")
     for col in ("data set", "queries", "skipped", "unique tags", "avg tags/query", "max", "tags used once", "top tags"):
         t.add_column(col, justify="right" if col not in ("data set", "top tags") else "left")
@@ -213,7 +286,6 @@ def analyze(
         t.add_row(s.name, str(s.queries), str(s.skipped), str(s.unique_tags), f"{s.avg_tags:.2f}", str(s.max_tags),
                   str(s.singleton_tags), ", ".join(tag for tag, _ in s.top_tags[:4]))
     Console().print(t)
-    err.print(f"report: {index}")
 
 
 @app.command("select")
@@ -231,6 +303,10 @@ def select_cmd(
         res = select_file(input, output, n, strategy, seed)
     except (InputError, ValueError) as e:
         _fail(str(e))
+    _print_select_summary(res, output)
+
+
+def _print_select_summary(res, output: Path) -> None:  # noqa: ANN001
     t = Table(title=f"instag select ({res.strategy}) -> {output}")
     for col in ("set", "queries", "unique tags", "avg tags/query"):
         t.add_column(col, justify="right")
