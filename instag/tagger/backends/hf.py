@@ -18,9 +18,8 @@ class HFBackend:
     Every prompt starts with the same template (chat template, system prompt, instructions), so its KV
     cache is computed once and each batch starts from a copy (``prefix_cache``). A batch's input is then
     template, left padding, query: the attention mask hides the padding, and transformers derives the
-    positions from the mask, so every answer is the one the whole prompt gives (64 of 64 identical with
-    the shipped adapter). Prefill was half of a batch's time, and the template 77 of its 154 (padded)
-    tokens a query: batches of 8 tag 1.80 queries/s against 1.42 on 2 cores (tag_throughput.py)."""
+    positions from the mask, so every answer is the one the whole prompt gives. The template is about
+    half of a padded prompt, hence the gain (docs/benchmarks.md)."""
 
     def __init__(self, resolved: ResolvedModel, *, max_new_tokens: int = 256, device: str = "auto",
                  dtype: str = "auto", threads: int | None = None, prefix_cache: bool = True):
