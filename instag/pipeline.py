@@ -136,7 +136,7 @@ def run_pipeline(input_path: Path, out_dir: Path, tag_opts: TagOptions, n: int =
         return f"{r.queries} queries, {r.tags_before} unique tags -> {r.tags_after}"
 
     def analyze() -> str:
-        res.analyze, index = analyze_files([paths.normalized], paths.report)
+        res.analyze, _ = analyze_files([paths.normalized], paths.report)
         return f"{len(res.analyze)} data set(s)"
 
     def select() -> str:
