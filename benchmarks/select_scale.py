@@ -5,13 +5,17 @@
 About 4 tags per query drawn from a Zipf-like vocabulary of 200K tags, a tenth of them also written in
 spelling variants (so rule aggregation has work). Semantic aggregation uses random unit vectors by
 default (the target excludes embedding time; ``--embed minilm`` embeds for real and reports that time
-apart). Prints a table and writes benchmarks/results/select_scale.json.
+apart). Peak RSS is sampled per stage (generation, each normalization step, applying the map,
+selection) by a thread reading /proc/self/statm. Prints a table and writes
+benchmarks/results/select_scale.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
+import threading
 import time
 
 import numpy as np
@@ -58,6 +62,46 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+class StagePeaks:
+    """Peak resident memory per named stage, sampled every ``interval`` seconds by a thread: ru_maxrss
+    only gives the peak of the whole process."""
+
+    def __init__(self, interval: float = 0.01):
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.peaks: dict[str, float] = {}
+        self.current = "start"
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.note()
+            time.sleep(self.interval)
+
+    def note(self) -> None:
+        gib = self.rss() / 2**30
+        self.peaks[self.current] = max(self.peaks.get(self.current, 0.0), gib)
+
+    def stage(self, name: str) -> None:
+        self.note()  # the end of the previous stage counts for it
+        self.current = name
+        self.note()
+
+    def __enter__(self) -> "StagePeaks":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.note()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sizes", default="10000,100000,1000000")
@@ -68,18 +112,22 @@ def main() -> None:
     embed = random_embedder() if args.embed == "random" else sentence_transformer_embedder()
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
-        t0 = time.perf_counter()
-        lists = synthetic(size)
-        gen_s = time.perf_counter() - t0
-        occurrences = sum(map(len, lists))
-        t0 = time.perf_counter()
-        tm = normalize(lists, NormalizeParams(), embed=embed)
-        total_s = time.perf_counter() - t0
-        embed_s = next(r.params.get("embedding_seconds", 0.0) for r in tm.reports if r.step == "semantic")
-        normalized = [tm.apply(t) for t in lists]
-        t0 = time.perf_counter()
-        chosen = select_indices(normalized, args.n, "complexity", seed=0)
-        select_s = time.perf_counter() - t0
+        with StagePeaks() as peaks:
+            t0 = time.perf_counter()
+            peaks.stage("generate")
+            lists = synthetic(size)
+            gen_s = time.perf_counter() - t0
+            occurrences = sum(map(len, lists))
+            t0 = time.perf_counter()
+            tm = normalize(lists, NormalizeParams(), embed=embed, progress=peaks.stage)
+            total_s = time.perf_counter() - t0
+            embed_s = next(r.params.get("embedding_seconds", 0.0) for r in tm.reports if r.step == "semantic")
+            peaks.stage("apply map")
+            normalized = [tm.apply(t) for t in lists]
+            peaks.stage("select")
+            t0 = time.perf_counter()
+            chosen = select_indices(normalized, args.n, "complexity", seed=0)
+            select_s = time.perf_counter() - t0
         steps = {r.step: r.seconds for r in tm.reports}
         sel = SetStats.of([normalized[i] for i in chosen])
         pool = SetStats.of(normalized)
@@ -89,7 +137,8 @@ def main() -> None:
                      "unique_tags_after": tm.reports[-1].tags_after, "select_s": round(select_s, 2),
                      "selected": len(chosen), "selected_unique_tags": sel.unique_tags,
                      "selected_avg_tags": round(sel.avg_tags, 2), "pool_avg_tags": round(pool.avg_tags, 2),
-                     "peak_rss_gib": round(peak_rss_gib(), 2)})
+                     "peak_rss_gib": round(peak_rss_gib(), 2),
+                     "stage_peak_rss_gib": {k: round(v, 2) for k, v in peaks.peaks.items()}})
         print(rows[-1], flush=True)
     t = Table(title=f"select scale (embeddings: {args.embed}; targets at 1M: normalize < 60 s, select < 10 s, < 4 GiB)")
     for col in ("queries", "occurrences", "frequency", "rule", "semantic", "association", "normalize (excl. emb.)",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -36,6 +37,18 @@ EXIT_INTERRUPTED = 130
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _table(title: str, columns: tuple[str, ...], numeric: tuple[str, ...] = (), min_width: int = 4) -> Table:
+    """A summary table readable in an 80-column terminal: no vertical rules, numeric headers stacked one
+    word a line (so a column is as wide as its longest word or number, never cut), text folded."""
+    t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", show_edge=False, collapse_padding=True)
+    for col in columns:
+        if col in numeric:
+            t.add_column("\n".join(col.split()), justify="right", no_wrap=True)
+        else:
+            t.add_column(col, overflow="fold", min_width=min_width)
+    return t
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -116,7 +129,7 @@ def tag(
 
 
 def _print_tag_summary(s) -> None:  # noqa: ANN001
-    t = Table(title=f"instag tag -> {s.output}", show_header=False)
+    t = Table(title=f"instag tag -> {s.output}", show_header=False, box=box.SIMPLE, title_justify="left")
     rows = [("model", s.model or "-"), ("queries in input", s.queries), ("already done", s.already_done),
             ("duplicates skipped", s.duplicates), ("tagged now", s.tagged), ("parsed ok", s.ok),
             ("unparsed (raw kept)", s.unparsed), ("no tags (retry by re-running)", s.empty),
@@ -133,14 +146,74 @@ def _print_tag_summary(s) -> None:  # noqa: ANN001
         err.print(f"  skipped: {escape(m)}", highlight=False, soft_wrap=True)
 
 
+@app.command("run")
+def run_cmd(
+    input: Path = typer.Argument(..., help="Queries, as for `instag tag`."),
+    out_dir: Path = typer.Option(..., "--output", "-o", help="Folder for every step's output."),
+    n: int = typer.Option(6000, "-n", min=0, help="How many queries to select."),
+    model: str = typer.Option("local", "--model", "-m", help="Model spec, as for `instag tag`."),
+    engine: str = typer.Option("auto", help="Local engine: auto, transformers, vllm (as for `instag tag`)."),
+    base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible API base URL (with openai:<name>)."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable that holds the API key."),
+    batch_size: int = typer.Option(8, min=1, help="Local batch size."),
+    max_new_tokens: int = typer.Option(256, min=1, help="Answer token budget."),
+    field: Optional[str] = typer.Option(None, help="Field holding the query text (overrides detection)."),
+    device: str = typer.Option("auto", help="Local device: auto, cpu, cuda."),
+    strategy: str = typer.Option("complexity", help="Selection: complexity (InsTag), diverse, or random."),
+    seed: int = typer.Option(0, help="Seed for tie-breaks and baselines."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Tag, normalize, analyze and select in one go into OUT_DIR; steps already done are skipped."""
+    from instag.pipeline import run_pipeline
+    from instag.tagger.models import ModelError
+    from instag.tagger.run import OPENAI_PREFIX, TagOptions
+
+    api_key = os.environ.get(api_key_env) if model.startswith(OPENAI_PREFIX) else None
+    if model.startswith(OPENAI_PREFIX) and api_key is None and base_url is None:
+        _fail(f"--model {model} needs an API key in ${api_key_env} (or --base-url for a local server)")
+    opts = TagOptions(model=model, engine=engine, base_url=base_url, api_key=api_key, batch_size=batch_size,
+                      max_new_tokens=max_new_tokens, field=field, device=device, progress=not quiet)
+
+    def on_step(name: str) -> None:
+        err.print(f"[bold]{escape(name)}[/] ...", highlight=False)
+
+    def on_done(step, res) -> None:  # noqa: ANN001
+        if not step.ran:
+            return
+        if step.step == "tag":
+            _print_tag_summary(res.tag)
+        elif step.step == "normalize":
+            _print_normalize_summary(res.normalize, res.paths.normalized)
+        elif step.step == "analyze":
+            _print_analyze_summary(res.analyze)
+        elif step.step == "select":
+            _print_select_summary(res.select, res.paths.selected)
+
+    try:
+        res = run_pipeline(input, out_dir, opts, n=n, strategy=strategy, seed=seed, on_step=on_step, on_done=on_done)
+    except InputError as e:
+        _fail(str(e))
+    except (ModelError, ValueError, OSError) as e:
+        _fail(f"{type(e).__name__}: {e}")
+    t = _table(f"instag run -> {out_dir}", ("step", "done", "seconds", "output", "result"), numeric=("seconds",))
+    for s in res.steps:
+        outputs = ", ".join(str(p.relative_to(out_dir)) for p in s.outputs)
+        t.add_row(s.step, "ran" if s.ran else "skipped", f"{s.seconds:.1f}", outputs, s.note)
+    err.print(t)
+    if res.interrupted:
+        err.print(f"[yellow]interrupted[/]: {res.tag.tagged} queries saved; run again to resume")
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if res.tag and res.tag.errors:
+        err.print(f"[yellow]{res.tag.errors} queries failed[/]; run the same command again to retry them")
+        raise typer.Exit(EXIT_FAILED_QUERIES)
+
+
 @models_app.command("list")
 def models_list() -> None:
     """List the registry's models and adapters and whether they are ready here."""
     from instag.tagger.models import list_models
 
-    t = Table(title="instag models")
-    for col in ("name", "kind", "default", "state", "where"):
-        t.add_column(col)
+    t = _table("instag models", ("name", "kind", "default", "state", "where"))
     for row in list_models():
         t.add_row(row["name"], row["kind"], "yes" if row["default"] else "", row["state"], row["where"])
     Console().print(t)
@@ -185,9 +258,12 @@ def normalize_cmd(
                                  progress=lambda step: status.update(f"normalizing: {step}"))
         except (InputError, ValueError) as e:
             _fail(str(e))
-    t = Table(title=f"instag normalize -> {output}")
-    for col in ("step", "tags before", "tags after", "occurrences before", "after", "dropped", "merged", "seconds"):
-        t.add_column(col, justify="right")
+    _print_normalize_summary(res, output)
+
+
+def _print_normalize_summary(res, output: Path) -> None:  # noqa: ANN001
+    numbers = ("tags before", "tags after", "occurrences before", "occurrences after", "dropped", "merged", "seconds")
+    t = _table(f"instag normalize -> {output}", ("step",) + numbers, numeric=numbers, min_width=len("association"))
     for r in res.tag_map.reports:
         t.add_row(r.step, str(r.tags_before), str(r.tags_after), str(r.occurrences_before),
                   str(r.occurrences_after), str(r.dropped_tags), str(r.merged_tags), f"{r.seconds:.2f}")
@@ -209,14 +285,20 @@ def analyze(
         stats, index = analyze_files(inputs, output, by)
     except (InputError, ValueError) as e:
         _fail(str(e))
-    t = Table(title="instag analyze")
-    for col in ("data set", "queries", "skipped", "unique tags", "avg tags/query", "max", "tags used once", "top tags"):
-        t.add_column(col, justify="right" if col not in ("data set", "top tags") else "left")
+    _print_analyze_summary(stats)
+    err.print(f"report: {index}")
+
+
+def _print_analyze_summary(stats) -> None:  # noqa: ANN001
+    numbers = ("queries", "skipped", "unique tags", "avg tags/query", "max", "tags used once")
+    t = _table("instag analyze", ("data set",) + numbers, numeric=numbers, min_width=16)
     for s in stats:
         t.add_row(s.name, str(s.queries), str(s.skipped), str(s.unique_tags), f"{s.avg_tags:.2f}", str(s.max_tags),
-                  str(s.singleton_tags), ", ".join(tag for tag, _ in s.top_tags[:4]))
+                  str(s.singleton_tags))
     Console().print(t)
-    err.print(f"report: {index}")
+    for s in stats:  # below the table: a column of tag lists would squeeze the numbers at 80 columns
+        Console().print(f"top tags, {escape(s.name)}: {escape(', '.join(tag for tag, _ in s.top_tags[:4]))}",
+                        highlight=False)
 
 
 @app.command("select")
@@ -234,9 +316,12 @@ def select_cmd(
         res = select_file(input, output, n, strategy, seed)
     except (InputError, ValueError) as e:
         _fail(str(e))
-    t = Table(title=f"instag select ({res.strategy}) -> {output}")
-    for col in ("set", "queries", "unique tags", "avg tags/query"):
-        t.add_column(col, justify="right")
+    _print_select_summary(res, output)
+
+
+def _print_select_summary(res, output: Path) -> None:  # noqa: ANN001
+    t = _table(f"instag select ({res.strategy}) -> {output}", ("set", "queries", "unique tags", "avg tags/query"),
+               numeric=("queries", "unique tags", "avg tags/query"))
     t.add_row("pool", str(res.pool.queries), str(res.pool.unique_tags), f"{res.pool.avg_tags:.2f}")
     t.add_row("selected", str(res.selected.queries), str(res.selected.unique_tags), f"{res.selected.avg_tags:.2f}")
     Console().print(t)
@@ -330,9 +415,8 @@ def eval_cmd(
                      threshold=threshold, base_url=base_url)
     except (InputError, ValueError) as e:
         _fail(str(e))
-    t = Table(title=f"instag eval: {model} on {gold} ({m['queries']} queries)")
-    for col in ("level", "precision", "recall", "F1"):
-        t.add_column(col, justify="right")
+    t = _table(f"instag eval: {model} on {gold} ({m['queries']} queries)", ("level", "precision", "recall", "F1"),
+               numeric=("precision", "recall", "F1"))
     for level, v in m["levels"].items():
         t.add_row(level, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}")
     Console().print(t)

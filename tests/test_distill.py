@@ -60,8 +60,7 @@ def test_long_query_is_cut_not_the_answer(tok):
 def _mean_loss(model_dir_or_adapter, tok, examples):
     import torch
 
-    from instag.tagger.backends.hf import load_model
-    from instag.tagger.models import resolve
+    from instag.tagger.models import load_model, resolve
 
     _, model = load_model(resolve(str(model_dir_or_adapter)), device="cpu", dtype="float32")
     losses = []

@@ -58,6 +58,51 @@ def test_association_aggregation_merges_always_co_occurring_tags():
     assert association_aggregate(lists2, count_tags(lists2), min_support=40, min_confidence=0.99) == {}
 
 
+def _fpgrowth_association(lists, freq, min_support, min_confidence):
+    """The rules as mlxtend's FP-Growth (max_len=2) finds them, merged as association_aggregate merges."""
+    import pandas as pd
+    from mlxtend.frequent_patterns import fpgrowth
+    from mlxtend.preprocessing import TransactionEncoder
+
+    from instag.select.normalize import _merge_groups
+
+    enc = TransactionEncoder()
+    onehot = pd.DataFrame(enc.fit(lists).transform(lists), columns=enc.columns_)
+    itemsets = fpgrowth(onehot, min_support=min_support / len(lists), use_colnames=True, max_len=2)
+    groups = {t: {t} for t in freq}
+    for items, support in zip(itemsets["itemsets"], itemsets["support"]):
+        if len(items) == 2:
+            a, b = sorted(items)
+            both = round(support * len(lists))
+            if both / freq[a] >= min_confidence or both / freq[b] >= min_confidence:
+                merged = groups[a] | groups[b]
+                for t in merged:
+                    groups[t] = merged
+    return _merge_groups({min(g): sorted(g) for g in groups.values()}, freq)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_association_pairs_are_those_fpgrowth_finds(seed):
+    """Pairs counted from the sparse co-occurrence matrix merge exactly what FP-Growth's rules merge."""
+    import random
+
+    rng = random.Random(seed)
+    vocab = [f"tag {k}" for k in range(40)]
+    lists = []
+    for _ in range(3000):
+        tags = rng.sample(vocab[:25], rng.randint(1, 5))
+        if "tag 3" in tags or rng.random() < 0.02:
+            tags.append("tag 30")  # tag 3 -> tag 30 always; tag 30 -> tag 3 not
+        if "tag 7" in tags:
+            tags += ["tag 31", "tag 31"]  # a tag written twice counts once
+        lists.append(tags)
+    freq = count_tags(lists)
+    for min_support, min_confidence in ((40, 0.99), (40, 0.5), (200, 0.3)):
+        expected = _fpgrowth_association(lists, freq, min_support, min_confidence)
+        assert association_aggregate(lists, freq, min_support, min_confidence) == expected
+    assert association_aggregate(lists, freq, 40, 0.99) == {"tag 3": "tag 30", "tag 7": "tag 31"}
+
+
 def test_normalize_composes_steps_into_an_auditable_map(embed):
     lists = ([["Python Programming", "sorting"]] * 3 + [["python programming!", "sorting"]]
              + [["programming in python"]] * 2 + [["rare tag"]] + [["python programming"]] * 4)

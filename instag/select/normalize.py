@@ -5,8 +5,9 @@
    word; tags that become identical merge into their most frequent original spelling;
 3. semantic aggregation: embed tags (sentence-transformers), DBSCAN with cosine distance, each cluster
    merges into its most frequent tag;
-4. association aggregation: FP-Growth (mlxtend) over each query's tag set; a rule A -> B with support
-   >= ``min_support`` queries and confidence >= ``min_confidence`` merges A into B.
+4. association aggregation: frequent tag pairs over each query's tag set (what FP-Growth finds with
+   itemsets of two); a rule A -> B with support >= ``min_support`` queries and confidence >=
+   ``min_confidence`` merges A into B.
 
 Each step maps the current tag vocabulary to new names (or ``None`` = dropped) and reports what it
 removed or merged; :class:`TagMap` composes them so that every original tag can be traced.
@@ -187,27 +188,30 @@ def semantic_aggregate(freq: Counter, embed: EmbedFn, eps: float = 0.1, min_samp
 
 def association_aggregate(tag_lists: Sequence[Sequence[str]], freq: Counter, min_support: int = 40,
                           min_confidence: float = 0.99) -> dict[str, str]:
-    """Merge A into B for every FP-Growth rule A -> B (pairs) with support >= ``min_support`` queries
-    and confidence >= ``min_confidence``. Chains merge into the most frequent tag of the chain."""
-    import pandas as pd
-    from mlxtend.frequent_patterns import fpgrowth
+    """Merge A into B for every association rule A -> B between two tags with support >= ``min_support``
+    queries and confidence >= ``min_confidence``. Chains merge into the most frequent tag of the chain.
+
+    The frequent pairs are those FP-Growth finds with ``max_len=2`` (rules here are between two tags),
+    counted exactly as the sparse co-occurrence matrix X^T X of the query-by-tag matrix X: mlxtend's
+    FP-tree of Python objects was the whole memory peak and most of the time at 1M queries
+    (docs/benchmarks.md)."""
     from scipy import sparse
 
     n = len(tag_lists)
-    frequent = sorted(t for t, c in freq.items() if c >= min_support)  # only these can be in an itemset
+    frequent = sorted(t for t, c in freq.items() if c >= min_support)  # only these can be in a frequent pair
     if n == 0 or len(frequent) < 2:
         return {}
     col = {t: i for i, t in enumerate(frequent)}
-    rows, cols = [], []
-    for r, tags in enumerate(tag_lists):
-        for t in set(tags):
-            j = col.get(t)
-            if j is not None:
-                rows.append(r)
-                cols.append(j)
-    matrix = sparse.csr_matrix((np.ones(len(rows), dtype=bool), (rows, cols)), shape=(n, len(frequent)))
-    onehot = pd.DataFrame.sparse.from_spmatrix(matrix, columns=frequent)
-    itemsets = fpgrowth(onehot, min_support=min_support / n, use_colnames=True, max_len=2)
+    lengths = np.fromiter(map(len, tag_lists), dtype=np.int64, count=n)
+    cols = np.fromiter((col.get(t, -1) for tags in tag_lists for t in tags), dtype=np.int32,
+                       count=int(lengths.sum()))
+    rows = np.repeat(np.arange(n, dtype=np.int32), lengths)
+    keep = cols >= 0
+    x = sparse.csr_matrix((np.ones(int(keep.sum()), dtype=np.int32), (rows[keep], cols[keep])),
+                          shape=(n, len(frequent)))
+    x.data[:] = 1  # a tag listed twice in a query counts once (building the matrix summed duplicates)
+    both = sparse.triu(x.T @ x, k=1).tocoo()  # (a, b) with a < b -> queries holding both
+    strong = both.data >= min_support
     parent = {t: t for t in frequent}
 
     def find(t: str) -> str:
@@ -216,12 +220,9 @@ def association_aggregate(tag_lists: Sequence[Sequence[str]], freq: Counter, min
             t = parent[t]
         return t
 
-    for items, support in zip(itemsets["itemsets"], itemsets["support"]):
-        if len(items) != 2:
-            continue
-        a, b = sorted(items)
-        both = support * n
-        if both / freq[a] >= min_confidence or both / freq[b] >= min_confidence:
+    for i, j, count in zip(both.row[strong].tolist(), both.col[strong].tolist(), both.data[strong].tolist()):
+        a, b = frequent[i], frequent[j]
+        if count / freq[a] >= min_confidence or count / freq[b] >= min_confidence:
             ra, rb = find(a), find(b)
             if ra != rb:
                 parent[ra] = rb

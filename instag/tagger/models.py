@@ -211,6 +211,40 @@ def tokenizer_source(resolved: ResolvedModel) -> str:
     return resolved.base
 
 
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "auto", merge: bool = True):
+    """(tokenizer, model) for a resolved spec; an adapter is applied and, by default, merged.
+
+    Here rather than in the transformers backend: merge_adapter needs it too, and backends import
+    this module, not the other way round."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = pick_device(device)
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    tok = AutoTokenizer.from_pretrained(tokenizer_source(resolved))
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(resolved.base, dtype=getattr(torch, dtype))
+    if resolved.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, resolved.adapter)
+        if merge:
+            model = model.merge_and_unload()
+    model.to(device).eval()
+    return tok, model
+
+
 def _adapter_digest(resolved: ResolvedModel) -> str:
     files = sorted(p for p in Path(resolved.adapter).iterdir() if p.is_file())  # type: ignore[arg-type]
     parts = [resolved.base] + [_file_digest(p) for p in files]
@@ -235,8 +269,6 @@ def merge_adapter(resolved: ResolvedModel) -> ResolvedModel:
     except (OSError, ValueError, KeyError):
         pass
     from transformers import AutoTokenizer
-
-    from instag.tagger.backends.hf import load_model
 
     t0 = time.time()
     log.warning("merging adapter %s into %s for this engine (once) -> %s", resolved.adapter, resolved.base, out)

@@ -138,11 +138,9 @@ VLLM_CPU_MIN_QUERIES = 200  # on CPU, auto takes vLLM from this many queries to 
 
 
 def pick_engine(engine: str, pending: int | None = None) -> str:
-    """``auto`` takes vLLM whenever it is importable and pays: always on a GPU (176x the one-at-a-time
-    loop on an H200), and on a CPU for at least :data:`VLLM_CPU_MIN_QUERIES` queries. vLLM's CPU build
-    needs 25-75 s more to start than transformers (a first start is the slow one), then tags 2.6x as
-    fast as batches of 8 (4.8 against 1.8 queries/s on 2 cores, benchmarks/tag_throughput.py): it
-    finishes first from about 70 to 220 queries on."""
+    """``auto`` takes vLLM whenever it is importable and pays: always on a GPU, and on a CPU for at
+    least :data:`VLLM_CPU_MIN_QUERIES` queries, where its slower start is paid back by its faster
+    tagging (the break-even is in docs/benchmarks.md)."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if engine != "auto":
@@ -229,8 +227,7 @@ def _truncated(backend: Any, pending: list[Query], max_tokens: int) -> Iterator[
     """(query, text to tag, whether it was cut) for each pending query.
 
     Truncated :data:`TRUNCATE_CHUNK` queries at a time (one batched tokenizer call each), as tagging
-    goes. Tokenized up front one at a time (0.44 ms a query on 2 cores), a million queries would wait
-    7 minutes for their first answer.
+    goes: tokenized all up front, a million queries would wait minutes for their first answer.
     """
     for start in range(0, len(pending), TRUNCATE_CHUNK):
         part = pending[start:start + TRUNCATE_CHUNK]

@@ -6,41 +6,10 @@ import logging
 import os
 
 from instag.tagger.backends import Generation, truncate_tokens
-from instag.tagger.models import ResolvedModel, tokenizer_source
+from instag.tagger.models import ResolvedModel, load_model
 from instag.tagger.prompt import ANSWER_PREFIX, render_prompt, template_ids
 
 log = logging.getLogger(__name__)
-
-
-def pick_device(device: str = "auto") -> str:
-    import torch
-
-    if device != "auto":
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def load_model(resolved: ResolvedModel, device: str = "auto", dtype: str = "auto", merge: bool = True):
-    """(tokenizer, model) for a resolved spec; an adapter is applied and, by default, merged."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    device = pick_device(device)
-    if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    tok = AutoTokenizer.from_pretrained(tokenizer_source(resolved))
-    tok.padding_side = "left"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(resolved.base, dtype=getattr(torch, dtype))
-    if resolved.adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, resolved.adapter)
-        if merge:
-            model = model.merge_and_unload()
-    model.to(device).eval()
-    return tok, model
 
 
 class HFBackend:
@@ -49,9 +18,8 @@ class HFBackend:
     Every prompt starts with the same template (chat template, system prompt, instructions), so its KV
     cache is computed once and each batch starts from a copy (``prefix_cache``). A batch's input is then
     template, left padding, query: the attention mask hides the padding, and transformers derives the
-    positions from the mask, so every answer is the one the whole prompt gives (64 of 64 identical with
-    the shipped adapter). Prefill was half of a batch's time, and the template 77 of its 154 (padded)
-    tokens a query: batches of 8 tag 1.80 queries/s against 1.42 on 2 cores (tag_throughput.py)."""
+    positions from the mask, so every answer is the one the whole prompt gives. The template is about
+    half of a padded prompt, hence the gain (docs/benchmarks.md)."""
 
     def __init__(self, resolved: ResolvedModel, *, max_new_tokens: int = 256, device: str = "auto",
                  dtype: str = "auto", threads: int | None = None, prefix_cache: bool = True):

@@ -32,18 +32,12 @@ K = TypeVar("K")
 LORA_NAME = "instag-tagger"
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # what vLLM accepts as max_lora_rank
 SMALL_CPU = 4  # at most this many cores: vLLM's model threads get all of them (see cpu_env)
-# Sequences in flight on a CPU (vLLM's default there: 256). The CPU is compute-bound from a few
-# sequences on, so 64 tag about as fast (benchmark on 2 cores, 256 queries a run: 3.02 against 3.11
-# queries/s with 128-token KV blocks; 4.77 against 4.99 with 128 in flight and 4.89 with 256 since the
-# 32-token blocks below; `instag tag` on 146 queries: 50 s against 54 s), and answers land sooner (18 s
-# against 27 s there), so progress shows and a Ctrl-C has less half-done work to drop.
+# Sequences in flight on a CPU (vLLM's default: 256). A CPU is compute-bound from a few on, so 64 are about
+# as fast and answers land sooner (progress shows, a Ctrl-C drops less). Numbers: docs/benchmarks.md.
 CPU_MAX_NUM_SEQS = 64
-# KV-cache block size on a CPU (vLLM's default there: 128). Prefix caching keeps whole blocks only, and
-# the prompt template shared by every query is 77 tokens in the compact format with SmolLM2's tokenizer
-# (90 with explanations), so with 128-token blocks nothing of it was ever cached: every query paid for
-# the template's prefill again. With 32 (the CPU attention kernels want multiples of 32), 64 of those
-# tokens come from the cache: the shipped adapter tags 4.77 against 3.02 queries/s on 2 cores
-# (benchmarks/tag_throughput.py, 256 queries a run, median of 3). GPUs keep vLLM's default of 16.
+# KV-cache block size on a CPU (vLLM's default: 128). Prefix caching keeps whole blocks only, and 128 is
+# longer than the shared prompt template, so none of it was cached; 32 is the smallest the CPU kernels
+# take. GPUs keep vLLM's 16. Numbers: docs/benchmarks.md.
 CPU_BLOCK_SIZE = 32
 
 
@@ -62,9 +56,9 @@ def on_gpu() -> bool:
 def for_vllm(resolved: ResolvedModel, merge: bool | None = None) -> ResolvedModel:
     """What vLLM should load: base + LoRA adapter, or the adapter merged into a dense checkpoint.
 
-    ``merge=None`` merges on CPU only: vLLM's CPU build runs the LoRA layers at every step, 5x slower
-    than the merged weights here (benchmarks/tag_throughput.py, vllm-lora vs vllm-merged). On a GPU the
-    LoRA path (punica kernels) is kept, so one base can serve several adapters.
+    ``merge=None`` merges on CPU only: vLLM's CPU build runs the LoRA layers at every step, much slower
+    than merged weights (docs/benchmarks.md). On a GPU the LoRA path is kept, so one base can serve
+    several adapters.
     """
     if merge is None:
         merge = not on_gpu()
@@ -74,11 +68,9 @@ def for_vllm(resolved: ResolvedModel, merge: bool | None = None) -> ResolvedMode
 def cpu_env() -> dict[str, str]:
     """Environment for a vLLM engine on a small CPU machine; empty on a GPU or where the user chose.
 
-    vLLM's CPU build binds its model threads to every core but one, which it keeps for the scheduler
-    process. On 2 cores that halves the model's compute: 64 real queries ran at 1.5-1.7 queries/s so, and
-    at 2.7-3.0 with the model bound to both cores (2.3-2.6 unbound). On machines with at most
-    :data:`SMALL_CPU` cores the model gets them all; on bigger ones (not measured) vLLM's own binding
-    stays. ``VLLM_CPU_OMP_THREADS_BIND`` set by the user always wins.
+    vLLM's CPU build keeps one core for its scheduler and binds the model to the rest, which on 2 cores
+    halves the model's compute (docs/benchmarks.md). On machines with at most :data:`SMALL_CPU` cores
+    the model gets them all; bigger ones keep vLLM's binding. A user's ``VLLM_CPU_OMP_THREADS_BIND`` wins.
     """
     if "VLLM_CPU_OMP_THREADS_BIND" in os.environ or on_gpu():
         return {}
