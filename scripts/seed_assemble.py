@@ -1,6 +1,7 @@
 """Assemble the hand-written teacher tags into the seed set files; validate, never invent.
 
-    python scripts/seed_assemble.py
+    python scripts/seed_assemble.py                          # validate every batch and write the seed files
+    python scripts/seed_assemble.py --check batches/batch_031.jsonl ...   # validate these batches only, write nothing
 
 Reads data/seed/batches/batch_NNN.jsonl, where each line is {"id": ..., "tags": [{"tag", "explanation"}, ...]}
 written by the teacher (a strong LLM reading each query). Batches map to queries.jsonl by position:
@@ -126,5 +127,20 @@ def main(seed: Path = SEED) -> int:
     return 1 if problems or unknown else 0
 
 
+def check(batches: list[Path], seed: Path = SEED) -> int:
+    """Validate some batches against the query file without writing anything (for a teacher at work)."""
+    queries = [json.loads(line) for line in jsonl_lines(seed / "queries.jsonl")]
+    problems: list[str] = []
+    for batch in batches:
+        rows = check_batch(batch, queries, problems)
+        if rows:
+            print(f"{batch.name}: {len(rows)} rows ok, {sum(len(t) for _, t, _ in rows) / len(rows):.2f} tags a query")
+    for p in problems:
+        print("problem:", p)
+    return 1 if problems else 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--check"]:
+        raise SystemExit(check([Path(a) for a in sys.argv[2:]]))
     raise SystemExit(main(Path(sys.argv[1]) if len(sys.argv) > 1 else SEED))
