@@ -152,7 +152,7 @@ def set_parent_death_signal(sig: int) -> bool:
 class Watchdog:
     """Parent side: start the watchdog process; :meth:`stop` it once everything is cleaned up here."""
 
-    def __init__(self, grace: float = 10.0):
+    def __init__(self, grace: float = 5.0):
         # -I -S: the standard library only, whatever PYTHONPATH says; its own session, so that a terminal's
         # Ctrl-C or hang-up meant for instag does not reach it.
         self.proc = subprocess.Popen([sys.executable, "-I", "-S", os.path.abspath(__file__), str(os.getpid()),
