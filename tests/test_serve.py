@@ -205,6 +205,54 @@ def test_offline_vllm_engine_tags_with_base_and_adapter(adapter_dir, alpaca_file
         assert all(r["raw"].startswith('["') for r in recs)  # the compact format's prefill
 
 
+def test_vllm_tag_run_stopped_or_killed_leaves_no_engine_and_resumes(tiny_model_dir, tmp_path):
+    """`instag tag --engine vllm` stopped by SIGTERM (exit 143, the engine shut down), then resumed and
+    killed by SIGKILL (its watchdog stops the engine's processes), then resumed to the end: no process is
+    left, every query is tagged exactly once and nothing tagged before is redone."""
+    from instag.procs import descendants
+
+    rows = [{"id": f"q{i}", "query": f"Explain topic number {i} in detail."} for i in range(400)]
+    inp = write_jsonl(tmp_path / "many.jsonl", rows)
+    out = tmp_path / "tags.jsonl"
+    cmd = [sys.executable, "-m", "instag.cli", "tag", str(inp), "-o", str(out), "--model", str(tiny_model_dir),
+           "--engine", "vllm", "--no-guided", "--max-new-tokens", "8", "-q"]
+
+    def lines() -> list[dict]:
+        return [json.loads(x) for x in out.read_text().splitlines() if x.endswith("}")] if out.exists() else []
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        before = len(lines())
+        log = tmp_path / f"{signal.Signals(sig).name}.log"
+        proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO, env=instag_env(),
+                                start_new_session=True)
+        tree: set[int] = set()
+        try:
+            deadline = time.monotonic() + 600
+            while len(lines()) == before and time.monotonic() < deadline:  # answers are coming in
+                assert proc.poll() is None, log.read_text()[-5000:]
+                tree |= descendants([proc.pid])
+                time.sleep(0.2)
+            tree |= descendants([proc.pid])  # the watchdog, vLLM's engine core and its worker
+            t0 = time.monotonic()
+            os.kill(proc.pid, sig)
+            code = proc.wait(timeout=120)
+            left = wait_gone(tree, 60)
+            print(f"{signal.Signals(sig).name}: exit {code}, every process gone after {time.monotonic() - t0:.1f} s")
+            assert len(tree) >= 3 and not left, (tree, left)
+            assert code == (143 if sig == signal.SIGTERM else -signal.SIGKILL), log.read_text()[-3000:]
+            assert before < len(lines()) < len(rows), "the run should have been stopped midway"
+        finally:
+            for pid in [proc.pid, *tree]:
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+    partial = {r["id"]: r["raw"] for r in lines()}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO, env=instag_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    recs = read_jsonl(out)
+    assert sorted(r["id"] for r in recs) == sorted(r["id"] for r in rows)  # every query once, none twice
+    assert {r["id"]: r["raw"] for r in recs if r["id"] in partial} == partial
+
+
 def test_stream_gives_generates_answers_as_they_finish_and_aborts_the_rest(adapter_dir, alpaca_file):
     """`instag tag` feeds vLLM continuously (stream); its answers are those of one LLM.generate call."""
     from instag.io import read_queries
