@@ -152,6 +152,7 @@ def set_parent_death_signal(sig: int) -> bool:
 class Watchdog:
     """Parent side: start the watchdog process; :meth:`stop` it once everything is cleaned up here."""
 
+    # 5 s as vLLM itself waits before it kills its engine: its worker did not exit on SIGTERM here.
     def __init__(self, grace: float = 5.0):
         # -I -S: the standard library only, whatever PYTHONPATH says; its own session, so that a terminal's
         # Ctrl-C or hang-up meant for instag does not reach it.
