@@ -1,7 +1,9 @@
 """The `instag` command line: each verb is a thin wrapper over a library function.
 
 Exit codes: 0 done; 1 some queries failed (status ``error``, re-run to retry them); 2 bad input, bad
-option or unusable model; 130 interrupted (everything already tagged is kept; re-run to resume).
+option or unusable model; 128 + the signal's number when stopped by a signal: 130 Ctrl-C (SIGINT), 143
+SIGTERM, 129 SIGHUP (everything already tagged is kept; re-run to resume). `instag serve` exits 0 after
+Ctrl-C, 143 after SIGTERM, 129 after SIGHUP, having stopped its server.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import Optional
 
@@ -19,6 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from instag.io import InputError
+from instag.procs import Terminated, raising_on
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Tag instruction data with open-set intent tags (InsTag), analyze and select it.")
@@ -109,18 +113,22 @@ def tag(
                       all_turns=all_turns, skip_bad=skip_bad, concurrency=concurrency, timeout=timeout,
                       max_retries=max_retries, price_in=price_in, price_out=price_out, device=device,
                       merge_adapter=merge_adapter, limit=limit, progress=not quiet)
-    try:
-        summary = tag_file(input, output, opts)
-    except InputError as e:
-        _fail(str(e))
-    except (ModelError, ValueError, OSError) as e:
-        _fail(f"{type(e).__name__}: {e}")
+    # SIGTERM and SIGHUP stop a run as Ctrl-C does: what is tagged is kept and the engine is shut down.
+    with raising_on(signal.SIGTERM, signal.SIGHUP) as caught:
+        try:
+            summary = tag_file(input, output, opts)
+        except Terminated as e:  # before tagging began (reading the input, starting the engine)
+            raise typer.Exit(e.exit_code)
+        except InputError as e:
+            _fail(str(e))
+        except (ModelError, ValueError, OSError) as e:
+            _fail(f"{type(e).__name__}: {e}")
     _print_tag_summary(summary)
     if summary_json:
         summary_json.write_text(json.dumps(summary.to_dict(), indent=2))
     if summary.interrupted:
         err.print(f"[yellow]interrupted[/]: {summary.tagged} queries saved to {output}; run again to resume")
-        raise typer.Exit(EXIT_INTERRUPTED)
+        raise typer.Exit(128 + caught.signum if caught.signum else EXIT_INTERRUPTED)
     if summary.empty:
         err.print(f"[yellow]{summary.empty} answers named no tag[/]; run the same command again to retry them")
     if summary.errors:

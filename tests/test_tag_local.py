@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from instag.cli import app
 from instag.tagger.run import TagOptions, tag_file
-from tests.conftest import read_jsonl, write_jsonl
+from tests.conftest import REPO, instag_env, read_jsonl, write_jsonl
 
 runner = CliRunner()
 SCHEMA = {"id", "source", "query", "tags", "raw", "model", "status", "error", "prompt_tokens",
@@ -83,21 +83,31 @@ def test_resume_skips_done_ids_and_duplicates_nothing(tiny_model_dir, alpaca_fil
     assert len(ids) == len(set(ids)) == 12
 
 
-def test_killed_run_loses_nothing_and_resumes(tiny_model_dir, tmp_path):
+def test_stopped_and_killed_runs_lose_nothing_and_resume(tiny_model_dir, tmp_path):
+    """SIGTERM (as a service manager stops it) ends a run as Ctrl-C does, exit 143; SIGKILL cannot be
+    handled. Either way what was written is kept, and re-running tags the rest."""
     rows = [{"id": f"q{i}", "query": f"Explain topic number {i} in detail."} for i in range(400)]
     inp = write_jsonl(tmp_path / "many.jsonl", rows)
     out = tmp_path / "tags.jsonl"
     cmd = [sys.executable, "-m", "instag.cli", "tag", str(inp), "-o", str(out), "--model", str(tiny_model_dir),
            "--batch-size", "1", "--max-new-tokens", "4", "-q"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and (not out.exists() or len(out.read_bytes().splitlines()) < 20):
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    before = [json.loads(x) for x in out.read_text().splitlines() if x.endswith("}")]
-    assert 20 <= len(before) < 400, "the run should have been killed midway"
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+    def lines() -> list[dict]:
+        return [json.loads(x) for x in out.read_text().splitlines() if x.endswith("}")] if out.exists() else []
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        start = len(lines())
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                                cwd=REPO, env=instag_env())
+        deadline = time.time() + 120
+        while time.time() < deadline and len(lines()) < start + 20:
+            time.sleep(0.2)
+        os.kill(proc.pid, sig)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == (143 if sig == signal.SIGTERM else -sig), stderr
+        assert start + 20 <= len(lines()) < 400, "the run should have been stopped midway"
+    before = lines()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env=instag_env())
     assert done.returncode == 0, done.stderr
     after = read_jsonl(out)
     ids = [r["id"] for r in after]

@@ -2,6 +2,9 @@
 
 The adapter is exposed under the stable model name ``instag-tagger`` (a base model without adapter is
 served under that name too), bound to 127.0.0.1 unless told otherwise, optionally behind an API key.
+
+The server never outlives ``instag serve``: SIGINT, SIGTERM and SIGHUP stop it (gracefully first), and a
+watchdog process (:mod:`instag.procs`) stops its process group if ``instag serve`` dies unhandled (SIGKILL).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from instag.procs import Terminated, Watchdog, raising_on, stop_group
 from instag.tagger.backends.vllm_engine import LORA_NAME, cpu_env, engine_kwargs, for_vllm
 from instag.tagger.models import ResolvedModel, resolve
 
@@ -64,6 +68,7 @@ class Server:
     merge: bool | None = None  # adapter merged into the base (None: on CPU only), see vllm_engine.for_vllm
     command: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
+    watchdog: Watchdog | None = None
 
     @property
     def base_url(self) -> str:
@@ -74,8 +79,12 @@ class Server:
                                       api_key=self.api_key, **cmd_kw)
         out = open(self.log_path, "ab") if self.log_path else None
         env = {**os.environ, "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"), **cpu_env()}
+        # The server gets its own session (a terminal's Ctrl-C is ours to handle) and so its own process
+        # group, which holds vLLM's engine process too: the unit that stop() and the watchdog stop.
+        self.watchdog = Watchdog()
         self.proc = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT if out else None,
                                      start_new_session=True, env=env)
+        self.watchdog.watch_group(self.proc.pid)
         self.wait_ready(timeout)
         return self
 
@@ -96,19 +105,26 @@ class Server:
 
     def stop(self, timeout: float = 60.0) -> int | None:
         """SIGINT (vLLM's clean shutdown), then SIGTERM, then SIGKILL, to the whole process group."""
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 15), (signal.SIGKILL, 15)):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.proc.wait(wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        return self.proc.returncode
+        try:
+            if self.proc is not None and self.proc.poll() is None:
+                for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 15), (signal.SIGKILL, 15)):
+                    try:
+                        os.killpg(self.proc.pid, sig)
+                    except ProcessLookupError:
+                        break
+                    try:
+                        self.proc.wait(wait)
+                        break
+                    except subprocess.TimeoutExpired:
+                        continue
+            if self.proc is not None:
+                stop_group(self.proc.pid, grace=5)  # whatever outlived the server in its group
+        finally:
+            if self.watchdog is not None:
+                # No process recorded: start() was cut short while starting it; the watchdog finds it.
+                self.watchdog.stop(reap=self.proc is None)
+                self.watchdog = None
+        return self.proc.returncode if self.proc else None
 
     def __enter__(self) -> Server:
         return self
@@ -125,15 +141,22 @@ def example(server: Server) -> str:
 
 def serve(model: str = "local", host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           timeout: float = 900.0, merge: bool | None = None, echo=print, **cmd_kw) -> int:  # noqa: ANN001
-    """Start the server, say where it is once it is ready, and keep it up until interrupted."""
-    server = Server(resolve(model), host=host, port=port, api_key=api_key, merge=merge)
-    echo(f"starting vLLM for {server.resolved.describe()} on {server.base_url} ...")
-    try:
-        server.start(timeout=timeout, **cmd_kw)
-        echo(f"ready: {server.base_url} serves '{SERVED_NAME}'\n  try: {example(server)}")
-        return server.proc.wait() if server.proc else 0
-    except KeyboardInterrupt:
-        echo("stopping ...")
-        return 0
-    finally:
-        server.stop()
+    """Start the server, say where it is once it is ready, and keep it up until interrupted.
+
+    Returns the server's exit code if it stopped by itself; 0 after Ctrl-C (SIGINT); 128 + the signal's
+    number after SIGTERM (143) or SIGHUP (129). In every case the server is stopped before this returns.
+    """
+    server = None
+    with raising_on(signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        try:
+            server = Server(resolve(model), host=host, port=port, api_key=api_key, merge=merge)
+            echo(f"starting vLLM for {server.resolved.describe()} on {server.base_url} ...")
+            server.start(timeout=timeout, **cmd_kw)
+            echo(f"ready: {server.base_url} serves '{SERVED_NAME}'\n  try: {example(server)}")
+            return server.proc.wait() if server.proc else 0
+        except Terminated as e:
+            echo(f"{e} received: stopping ...")
+            return 0 if e.signum == signal.SIGINT else e.exit_code
+        finally:
+            if server is not None:
+                server.stop()

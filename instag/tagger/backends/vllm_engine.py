@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from unittest import mock
 
+from instag.procs import Watchdog
 from instag.tagger.backends import Generation, truncate_tokens
 from instag.tagger.models import ResolvedModel, merge_adapter, tokenizer_source
 from instag.tagger.prompt import ANSWER_PREFIX, answer_pattern, render_prompt
@@ -142,8 +143,15 @@ class VLLMBackend:
         self.target = resolved.target
         self.max_new_tokens = max_new_tokens
         self.guided = guided
-        with mock.patch.dict(os.environ, engine_env()):  # the engine's process inherits it
-            self.llm = LLM(**engine_kwargs(resolved, **engine_kw))
+        # vLLM's engine runs in processes of its own (EngineCore and its worker), which survive this one
+        # if it is killed; the watchdog stops them then. Started first, it also covers the engine's start.
+        self.watchdog = Watchdog()
+        try:
+            with mock.patch.dict(os.environ, engine_env()):  # the engine's process inherits it
+                self.llm = LLM(**engine_kwargs(resolved, **engine_kw))
+        except BaseException:
+            self.watchdog.stop(reap=True)  # what a failed or interrupted start left running
+            raise
         self.tokenizer = self.llm.get_tokenizer()
         self.lora = None
         if resolved.adapter:
@@ -194,6 +202,9 @@ class VLLMBackend:
             core.shutdown()
         self.llm = None
         gc.collect()
+        if getattr(self, "watchdog", None) is not None:
+            self.watchdog.stop()
+            self.watchdog = None
 
     def _generation(self, out: Any) -> Generation:
         return Generation(text=ANSWER_PREFIX[self.target] + out.outputs[0].text.rstrip(), prompt_tokens=len(out.prompt_token_ids),
