@@ -62,6 +62,12 @@ def rule_groups(freq: Counter) -> list[tuple[str, list[str]]]:
     return sorted(groups, key=lambda g: (-len(g[1]), -sum(freq[t] for t in g[1]), g[0]))
 
 
+def top_tags(freq: Counter, n: int) -> list[tuple[str, int]]:
+    """Most frequent tags, ties alphabetical: Counter.most_common keeps the order of count_tags' per-query
+    sets, which changes with Python's string hashing, so the card would change from run to run."""
+    return sorted(freq.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
 def split_spellings(freq: Counter) -> list[list[str]]:
     """Spellings with different rule keys that are the same letters and digits once spaces and punctuation go."""
     joined: dict[str, list[str]] = {}
@@ -79,7 +85,7 @@ def group_table(title: str, key: str, names: list[str], rows: list[dict], sample
         lists = [r["tags"] for r in rows if r[key] == name]
         st, freq = dataset_stats(name, lists)
         rng = f"{min(st.tags_per_query_hist)}-{st.max_tags}" if lists else "-"
-        top = ", ".join(t for t, _ in st.top_tags[:TOP_IN_TABLE])
+        top = ", ".join(t for t, _ in top_tags(freq, TOP_IN_TABLE))
         out.append(f"| {name} | {sampled[name]} | {st.queries} | {st.avg_tags:.2f} | {rng} | {st.unique_tags} | "
                    f"{unique_after_rules(freq)} | {top} |")
     return out + [""]
@@ -96,7 +102,7 @@ def overall(parts: dict[str, list[dict]]) -> list[str]:
         hist = ", ".join(f"{k}: {v}" for k, v in st.tags_per_query_hist.items())
         out.append(f"| {name} | {st.queries} | {sum(len(t) for t in lists)} | {st.avg_tags:.2f} | {st.unique_tags} | "
                    f"{unique_after_rules(freq)} | {st.singleton_tags} ({st.long_tail_share:.0%}) | {hist} |")
-        tops.append(f"Most frequent, {name}: " + ", ".join(f"{t} ({c})" for t, c in st.top_tags[:TOP_OVERALL]) + ".")
+        tops.append(f"Most frequent, {name}: " + ", ".join(f"{t} ({c})" for t, c in top_tags(freq, TOP_OVERALL)) + ".")
     return out + [""] + [line for t in tops for line in (t, "")]
 
 
