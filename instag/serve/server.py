@@ -20,10 +20,11 @@ from pathlib import Path
 import httpx
 
 from instag.procs import Terminated, Watchdog, raising_on, stop_group
+from instag.serve.tagger_api import ENV_TARGET, ENV_TOKENIZER, TaggerMiddleware
 from instag.tagger.backends.vllm_engine import LORA_NAME, cpu_env, engine_kwargs, for_vllm
-from instag.tagger.models import ResolvedModel, resolve
+from instag.tagger.models import ResolvedModel, resolve, tokenizer_source
 
-SERVED_NAME = LORA_NAME
+SERVED_NAME = LORA_NAME  # also tagger_api.SERVED_NAME
 
 
 def server_command(resolved: ResolvedModel, *, host: str = "127.0.0.1", port: int = 8000,
@@ -53,6 +54,8 @@ def server_command(resolved: ResolvedModel, *, host: str = "127.0.0.1", port: in
         cmd += ["--served-model-name", SERVED_NAME]
     if api_key:
         cmd += ["--api-key", api_key]
+    # Plain clients send only the query: the middleware wraps it in the tagger's prompt (tagger_api).
+    cmd += ["--middleware", f"{TaggerMiddleware.__module__}.{TaggerMiddleware.__qualname__}"]
     return cmd + list(extra or [])
 
 
@@ -78,7 +81,8 @@ class Server:
         self.command = server_command(for_vllm(self.resolved, self.merge), host=self.host, port=self.port,
                                       api_key=self.api_key, **cmd_kw)
         out = open(self.log_path, "ab") if self.log_path else None
-        env = {**os.environ, "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"), **cpu_env()}
+        env = {**os.environ, "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"), **cpu_env(),
+               ENV_TARGET: self.resolved.target, ENV_TOKENIZER: tokenizer_source(for_vllm(self.resolved, self.merge))}
         # The server gets its own session (a terminal's Ctrl-C is ours to handle) and so its own process
         # group, which holds vLLM's engine process too: the unit that stop() and the watchdog stop.
         self.watchdog = Watchdog()
@@ -135,7 +139,10 @@ class Server:
 
 def example(server: Server) -> str:
     key = " --api-key-env INSTAG_API_KEY" if server.api_key else ""
-    return (f"instag tag data.jsonl -o tags.jsonl --model openai:{SERVED_NAME} --base-url {server.base_url}"
+    auth = ' -H "Authorization: Bearer $INSTAG_API_KEY"' if server.api_key else ""
+    return (f"curl {server.base_url}/chat/completions -H 'Content-Type: application/json'{auth} -d "
+            f"""'{{"model": "{SERVED_NAME}", "messages": [{{"role": "user", "content": "Write a haiku about rain."}}]}}'\n"""
+            f"  or: instag tag data.jsonl -o tags.jsonl --model openai:{SERVED_NAME} --base-url {server.base_url}"
             f"{key} --guided --target {server.resolved.target}")
 
 

@@ -1,0 +1,222 @@
+"""The tagging endpoint: any OpenAI client sends a query, and gets its tags back.
+
+An ASGI middleware that ``instag serve`` loads into vLLM's own OpenAI-compatible server
+(``--middleware``). A chat request to ``instag-tagger`` is taken as a query to tag: its last user message
+becomes the query of the tagger's own prompt (:mod:`instag.tagger.prompt`, the one the model was trained
+on), the answer prefix is prefilled and, unless the client asks for its own structured output, the
+continuation is held to :func:`~instag.tagger.prompt.answer_pattern`, so every answer is a JSON list of 1
+to ``MAX_TAGS`` tags. The response carries the whole list (prefix included), streamed or not. Text
+completions work the same way with ``prompt`` as the query.
+
+Left as they are: requests for other models; requests already in the tagger's format (instag's own
+client: its user message holds the tagger's instructions, or it continues a prefilled answer); and the
+raw model, reachable as ``instag-tagger-raw`` (the request is passed on unchanged, under the tagger's name).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from instag.tagger.prompt import ANSWER_PREFIX, answer_pattern, build_messages, check_target, user_prompt
+
+SERVED_NAME = "instag-tagger"
+RAW_NAME = f"{SERVED_NAME}-raw"
+ENV_TARGET = "INSTAG_SERVE_TARGET"  # the served tagger's answer format, set by instag serve
+ENV_TOKENIZER = "INSTAG_SERVE_TOKENIZER"  # where to load its tokenizer (text completions render the prompt)
+DEFAULT_MAX_TOKENS = 256  # as instag tag
+_STRUCTURED_KEYS = ("response_format", "structured_outputs", "guided_json", "guided_regex", "guided_choice",
+                    "guided_grammar")
+_INSTRUCTIONS_START = user_prompt("", "tags")[:40]  # what instag's own client sends first (either format)
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+def _text(content: Any) -> str:
+    """A message's text: a string, or the text parts of a list of content parts."""
+    if isinstance(content, list):
+        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return content if isinstance(content, str) else ""
+
+
+def _is_instag_client(messages: list[dict]) -> bool:
+    users = [m for m in messages if m.get("role") == "user"]
+    return bool(users) and _text(users[-1].get("content")).startswith(_INSTRUCTIONS_START)
+
+
+class TaggerMiddleware:
+    """Rewrites tagging requests for ``instag-tagger`` into the tagger's prompt and restores the answer
+    prefix in the response (see the module docstring)."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]):
+        self.app = app
+        self.target = check_target(os.environ.get(ENV_TARGET, "tags+explanations"))
+        self.prefix = ANSWER_PREFIX[self.target]
+        self._tokenizer = None
+
+    @property
+    def tokenizer(self):  # noqa: ANN201
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(os.environ[ENV_TOKENIZER])
+        return self._tokenizer
+
+    def rewrite(self, path: str, req: dict) -> tuple[dict, bool] | None:
+        """The request to pass on and whether its answers need the prefix back; None: leave it alone."""
+        model = req.get("model")
+        if model == RAW_NAME:
+            return {**req, "model": SERVED_NAME}, False
+        if model != SERVED_NAME:
+            return None
+        out = dict(req)
+        if path.endswith("/chat/completions"):
+            messages = req.get("messages")
+            if not isinstance(messages, list) or req.get("continue_final_message") or _is_instag_client(messages):
+                return None
+            queries = [_text(m.get("content")) for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+            if not queries:
+                return None
+            out["messages"] = build_messages(queries[-1], self.target) + [{"role": "assistant", "content": self.prefix}]
+            out.update(add_generation_prompt=False, continue_final_message=True)
+        else:
+            prompt = req.get("prompt")
+            if isinstance(prompt, str):
+                out["prompt"] = self._render(prompt)
+            elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+                out["prompt"] = [self._render(p) for p in prompt]
+            else:
+                return None  # token prompts: the client rendered them itself
+        if not any(req.get(k) is not None for k in _STRUCTURED_KEYS):
+            out["structured_outputs"] = {"regex": answer_pattern(self.target)}
+        out.setdefault("temperature", 0.0)  # tags, not samples: greedy, as instag tag
+        if out.get("max_tokens") is None and out.get("max_completion_tokens") is None:
+            out["max_tokens"] = DEFAULT_MAX_TOKENS
+        return out, True
+
+    def _render(self, query: str) -> str:
+        if query.startswith(_INSTRUCTIONS_START):
+            raise _PassThrough
+        from instag.tagger.prompt import render_prompt
+
+        return render_prompt(self.tokenizer, query, self.target)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST" or not scope["path"].endswith(
+                ("/chat/completions", "/completions")):
+            return await self.app(scope, receive, send)
+        body, more = b"", True
+        while more:
+            msg = await receive()
+            body += msg.get("body", b"")
+            more = msg.get("more_body", False)
+        try:
+            req = json.loads(body)
+            rewritten = self.rewrite(scope["path"], req) if isinstance(req, dict) else None
+        except (ValueError, _PassThrough):
+            rewritten = None
+        if rewritten is not None:
+            req, restore = rewritten
+            body = json.dumps(req).encode()
+            headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"]
+            scope = {**scope, "headers": headers + [(b"content-length", str(len(body)).encode())]}
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # then the client's disconnect, if any
+
+        if rewritten is None or not restore:
+            return await self.app(scope, replay, send)
+        chat = scope["path"].endswith("/chat/completions")
+        if req.get("stream"):
+            return await self.app(scope, replay, _StreamPrefixer(send, self.prefix, chat))
+        return await self.app(scope, replay, _BodyPrefixer(send, self.prefix, chat))
+
+
+class _PassThrough(Exception):
+    """A text completion already in the tagger's format: leave the request alone."""
+
+
+def _prefix_choice(choice: dict, prefix: str, chat: bool) -> None:
+    if chat:
+        msg = choice.get("message") or choice.get("delta")
+        if isinstance(msg, dict) and isinstance(msg.get("content"), str):
+            msg["content"] = prefix + msg["content"]
+    elif isinstance(choice.get("text"), str):
+        choice["text"] = prefix + choice["text"]
+
+
+class _BodyPrefixer:
+    """A whole JSON response: each choice's answer gets the prefix back (and the length its new size)."""
+
+    def __init__(self, send: Send, prefix: str, chat: bool):
+        self.send, self.prefix, self.chat = send, prefix, chat
+        self.start: Message | None = None
+        self.body = b""
+
+    async def __call__(self, msg: Message) -> None:
+        if msg["type"] == "http.response.start":
+            self.start = msg
+            return
+        if msg["type"] != "http.response.body" or self.start is None:
+            return await self.send(msg)
+        self.body += msg.get("body", b"")
+        if msg.get("more_body"):
+            return
+        body = self.body
+        if self.start.get("status") == 200:
+            try:
+                payload = json.loads(body)
+                for choice in payload.get("choices", []):
+                    _prefix_choice(choice, self.prefix, self.chat)
+                body = json.dumps(payload).encode()
+            except (ValueError, AttributeError):
+                pass  # not the JSON we know: pass it on as it is
+        headers = [(k, v) for k, v in self.start.get("headers", []) if k.lower() != b"content-length"]
+        await self.send({**self.start, "headers": headers + [(b"content-length", str(len(body)).encode())]})
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class _StreamPrefixer:
+    """Server-sent events: the first content of each choice gets the prefix in front."""
+
+    def __init__(self, send: Send, prefix: str, chat: bool):
+        self.send, self.prefix, self.chat = send, prefix, chat
+        self.done: set[int] = set()
+        self.pending = b""
+
+    def _event(self, event: bytes) -> bytes:
+        if not event.startswith(b"data: ") or event.strip() == b"data: [DONE]":
+            return event
+        try:
+            payload = json.loads(event[len(b"data: "):])
+        except ValueError:
+            return event
+        for choice in payload.get("choices", []) or []:
+            index = choice.get("index", 0)
+            part = choice.get("delta") if self.chat else choice
+            if index not in self.done and isinstance(part, dict) and isinstance(
+                    part.get("content" if self.chat else "text"), str):
+                _prefix_choice(choice, self.prefix, self.chat)
+                self.done.add(index)
+        return b"data: " + json.dumps(payload).encode()
+
+    async def __call__(self, msg: Message) -> None:
+        if msg["type"] != "http.response.body":
+            return await self.send(msg)
+        self.pending += msg.get("body", b"")
+        *events, self.pending = self.pending.split(b"\n\n")
+        if not msg.get("more_body", False) and self.pending:
+            events, self.pending = events + [self.pending], b""
+        out = b"".join(self._event(e) + b"\n\n" for e in events)
+        if out or not msg.get("more_body", False):
+            await self.send({**msg, "body": out})
