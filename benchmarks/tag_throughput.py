@@ -12,7 +12,8 @@ of the two; ``vllm-xK`` = K ``vllm`` engines side by side on one device, each in
 queries instead of --n, reusing a started engine: ``hf1@32,vllm,vllm@16384``; ``vllm-xK/U`` runs on the
 first U of K started engines (``vllm-x8/1,vllm-x8/2,vllm-x8/8``: one start, three scales); a ``~u``
 suffix runs a vllm row unguided on the same engines (``vllm~u``: the prompt is the same, only the
-grammar goes). On a GPU each row also records the GPU's utilization (nvidia-smi). Engine start-up is timed
+grammar goes), and ``vllm-server~p`` sends the same server plain chat requests, the query alone, as any
+OpenAI client does (the server adds the tagger's prompt). On a GPU each row also records the GPU's utilization (nvidia-smi). Engine start-up is timed
 apart, not counted in queries/s. Each of the --repeats runs tags different queries (the same ones for
 every engine), so that vLLM's prefix cache cannot serve a whole prompt from an earlier run (a later row on
 a started engine takes the queries after those its earlier rows took);
@@ -181,20 +182,32 @@ def server_runner(resolved, max_new_tokens: int, clients: int):
     # (adapters: merged into the base on CPU, LoRA on a GPU, as `instag serve` does)
     start = time.perf_counter() - t0
 
-    def run(queries, guided=None):  # noqa: ARG001 (the client is always guided)
+    def run(queries, guided=None, plain=False):  # noqa: ARG001 (instag's client is always guided)
         async def go():
+            import openai
+
+            from instag.tagger.backends import Generation
+
             api = OpenAIBackend("instag-tagger", base_url=server.base_url, target=resolved.target, guided=True,
                                 max_tokens=max_new_tokens, concurrency=clients, timeout=600)
+            client = openai.AsyncOpenAI(base_url=server.base_url, api_key="none", timeout=600, max_retries=0)
             sem = asyncio.Semaphore(clients)
+
+            async def ask(q):  # what any OpenAI client sends: the query alone (the server adds the prompt)
+                resp = await client.chat.completions.create(model="instag-tagger", max_tokens=max_new_tokens,
+                                                            messages=[{"role": "user", "content": q}])
+                return Generation(text=resp.choices[0].message.content, prompt_tokens=resp.usage.prompt_tokens,
+                                  completion_tokens=resp.usage.completion_tokens)
 
             async def one(q):
                 async with sem:
-                    return await api.agenerate(q)
+                    return await (ask(q) if plain else api.agenerate(q))
 
             try:
                 return await asyncio.gather(*(one(q) for q in queries))
             finally:
                 await api.aclose()
+                await client.close()
 
         return asyncio.run(go())
 
@@ -205,11 +218,13 @@ WARMUP = 4  # queries run once after an engine starts, apart from the measured o
 
 
 def parse_spec(text: str, default_n: int) -> dict:
-    """``ENGINE[/USE][~u][@N]`` -> the engine to start, the run's options, the query count."""
+    """``ENGINE[/USE][~u|~p][@N]`` -> the engine to start, the run's options, the query count."""
     name, _, n = text.partition("@")
-    kind, unguided = (name[:-2], True) if name.endswith("~u") else (name, False)
+    kind, suffix = (name[:-2], name[-2:]) if name[-2:] in ("~u", "~p") else (name, "")
     kind, _, use = kind.partition("/")
-    run: dict = {"guided": False} if unguided else {}
+    run: dict = {"~u": {"guided": False}, "~p": {"plain": True}, "": {}}[suffix]
+    if suffix == "~p" and kind != "vllm-server":
+        raise SystemExit(f"{text}: ~p (plain client) is for vllm-server")
     if use:
         if not kind.startswith("vllm-x"):
             raise SystemExit(f"{text}: /USE is for vllm-xK engines")
