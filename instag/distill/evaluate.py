@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from instag.select.normalize import EmbedFn, rule_key, unit_rows
 
@@ -99,34 +100,127 @@ def score(preds: Sequence[Sequence[str]], golds: Sequence[Sequence[str]], embed:
     return levels
 
 
-def evaluate_predictions(pred_file: Path, gold_file: Path, embed: EmbedFn | None,
-                         threshold: float = SEMANTIC_THRESHOLD) -> dict[str, Any]:
-    """Metrics for a predictions tag file against a gold tag file (matched by id)."""
+MAX_HIST = 8  # tags-per-query histograms put 8 and more in one bin
+TOP_TAGS = 20  # rows kept in the over-predicted and most-missed lists
+NO_SOURCE = "(none)"
+
+
+def _as_list(x: Any) -> list:
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def _memo_embedder(embed: EmbedFn | None, frame: pd.DataFrame) -> EmbedFn | None:
+    """Embed every tag of the run once, so that scoring each source and gold file does not re-embed."""
+    if embed is None:
+        return None
+    vocab = sorted({t.strip() for col in ("pred", "gold") for tags in frame[col] for t in tags if t.strip()})
+    if not vocab:
+        return embed
+    vec = dict(zip(vocab, np.asarray(embed(vocab))))
+    return lambda texts: np.stack([vec[t] for t in texts])
+
+
+def load_pairs(pred_files: Path | Sequence[Path], gold_files: Path | Sequence[Path]) -> pd.DataFrame:
+    """One row per usable gold record: gold file, id, source, prediction status (``ok``, ``unparsed``,
+    ``empty``, ``error`` or ``missing``), predicted and gold tags (raw strings; [] unless status is ok).
+    Predictions from several files are matched by id, a later file winning."""
     from instag.select.data import load_tag_file, tag_strings
 
-    gold = load_tag_file(gold_file)
-    pred = {str(r["id"]): r for r in load_tag_file(pred_file).records}
-    golds, preds, failures, missing = [], [], 0, 0
-    for i in gold.usable:
-        g = gold.records[i]
-        p = pred.get(str(g["id"]))
-        if p is None:
-            missing += 1
-            continue
-        if p.get("status") != "ok":
-            failures += 1
-        golds.append(tag_strings(g, normalized=False))
-        preds.append(tag_strings(p, normalized=False) if p.get("status") == "ok" else [])
-    levels = score(preds, golds, embed, threshold)
-    n = len(golds)
+    pred = {str(r["id"]): r for f in _as_list(pred_files) for r in load_tag_file(f).records}
+    rows = []
+    for gf in _as_list(gold_files):
+        gold = load_tag_file(gf)
+        for i in gold.usable:
+            g = gold.records[i]
+            p = pred.get(str(g["id"]))
+            status = "missing" if p is None else str(p.get("status"))
+            rows.append({"gold_file": str(gf), "id": str(g["id"]), "source": g.get("source") or NO_SOURCE,
+                         "status": status, "gold": tag_strings(g, normalized=False),
+                         "pred": tag_strings(p, normalized=False) if status == "ok" else []})
+    return pd.DataFrame(rows, columns=["gold_file", "id", "source", "status", "gold", "pred"])
+
+
+def tags_per_query(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Mean and histogram (0 .. MAX_HIST, the last bin "8+") of tags per query, model and gold."""
+    out = {}
+    for side in ("pred", "gold"):
+        n = frame[side].map(len)
+        hist = n.clip(upper=MAX_HIST).value_counts().reindex(range(MAX_HIST + 1), fill_value=0)
+        out[side] = {"mean": float(n.mean()) if len(n) else 0.0,
+                     "hist": {(f"{k}+" if k == MAX_HIST else str(k)): int(v) for k, v in hist.items()}}
+    return out
+
+
+def tag_errors(frame: pd.DataFrame, top: int = TOP_TAGS) -> dict[str, list[dict[str, Any]]]:
+    """Over-predicted and most-missed tags at the rule level (spelling variants counted together).
+
+    Counts are queries: ``pred`` predicted the rule key, ``gold`` has it, ``matched`` both. A key is shown
+    by its most frequent spelling over both sides."""
+    rows: list[dict[str, Any]] = []
+    for pred, gold in zip(frame["pred"], frame["gold"]):
+        pk, gk = set(_dedupe(pred, rule_key)), set(_dedupe(gold, rule_key))
+        rows += [{"key": k, "pred": k in pk, "gold": k in gk, "matched": k in pk and k in gk} for k in pk | gk]
+    if not rows:
+        return {"over_predicted": [], "most_missed": []}
+    spell = pd.Series([t.strip() for col in ("pred", "gold") for tags in frame[col] for t in tags if t.strip()])
+    spelling = spell.groupby(spell.map(rule_key)).agg(lambda s: s.value_counts().index[0])
+    counts = pd.DataFrame(rows).groupby("key")[["pred", "gold", "matched"]].sum().astype(int)
+    counts.insert(0, "tag", spelling.reindex(counts.index))
+    over = counts[counts["pred"] > counts["gold"]].assign(excess=lambda d: d["pred"] - d["gold"])
+    # the ratio is undefined for tags the gold never uses; JSON null, "new" in the report
+    over["ratio"] = (over["pred"] / over["gold"].where(over["gold"] > 0)).round(2)
+    over = over.sort_values(["excess", "pred", "tag"], ascending=[False, False, True]).head(top)
+    missed = counts[counts["gold"] > counts["matched"]].assign(missed=lambda d: d["gold"] - d["matched"])
+    missed["recall"] = (missed["matched"] / missed["gold"]).round(3)
+    missed = missed.sort_values(["missed", "gold", "tag"], ascending=[False, False, True]).head(top)
+
+    def records(d: pd.DataFrame) -> list[dict[str, Any]]:
+        return [{k: (None if isinstance(v, float) and np.isnan(v) else v.item() if hasattr(v, "item") else v)
+                 for k, v in r.items()} for r in d.reset_index().to_dict("records")]
+    return {"over_predicted": records(over), "most_missed": records(missed)}
+
+
+def _basic(frame: pd.DataFrame, embed: EmbedFn | None, threshold: float) -> dict[str, Any]:
+    """Today's keys (queries, failures, mean tags, levels) plus status counts and tags per query."""
+    scored = frame[frame["status"] != "missing"]
+    n = len(scored)
+    failures = int((scored["status"] != "ok").sum())
+    levels = score(list(scored["pred"]), list(scored["gold"]), embed, threshold)
+    tpq = tags_per_query(scored)
     return {
-        "queries": n, "missing_predictions": missing, "parse_failures": failures,
+        "queries": n, "missing_predictions": int(len(frame) - n), "parse_failures": failures,
         "parse_failure_rate": failures / n if n else 0.0,
-        "avg_pred_tags": sum(map(len, preds)) / n if n else 0.0,
-        "avg_gold_tags": sum(map(len, golds)) / n if n else 0.0,
+        "avg_pred_tags": tpq["pred"]["mean"], "avg_gold_tags": tpq["gold"]["mean"],
         "semantic_threshold": threshold,
         "levels": {k: v.to_dict() for k, v in levels.items()},
+        "statuses": {str(k): int(v) for k, v in frame["status"].value_counts().sort_index().items()},
+        "tags_per_query": tpq,
     }
+
+
+def section_metrics(frame: pd.DataFrame, embed: EmbedFn | None, threshold: float = SEMANTIC_THRESHOLD,
+                    top: int = TOP_TAGS) -> dict[str, Any]:
+    """Metrics for a set of pairs: overall, per gold ``source``, and the over-predicted / missed tags."""
+    out = _basic(frame, embed, threshold)
+    out["by_source"] = {str(src): _basic(g, embed, threshold) for src, g in frame.groupby("source", sort=True)}
+    out["tags"] = tag_errors(frame[frame["status"] != "missing"], top)
+    return out
+
+
+def evaluate_predictions(pred_file: Path | Sequence[Path], gold_file: Path | Sequence[Path], embed: EmbedFn | None,
+                         threshold: float = SEMANTIC_THRESHOLD, top: int = TOP_TAGS) -> dict[str, Any]:
+    """Metrics for predictions tag file(s) against gold tag file(s), matched by id.
+
+    With one gold file the metrics are that file's section; with several, the top-level keys are over all
+    of them together and ``gold_files`` holds one section per file (each with its ``gold`` path)."""
+    frame = load_pairs(pred_file, gold_file)
+    embed = _memo_embedder(embed, frame)
+    golds = _as_list(gold_file)
+    out = section_metrics(frame, embed, threshold, top)
+    if len(golds) > 1:
+        out["gold_files"] = [dict(gold=str(g), **section_metrics(frame[frame["gold_file"] == str(g)], embed,
+                                                                 threshold, top)) for g in golds]
+    return out
 
 
 def run_eval(model: str, gold_file: Path, out_dir: Path, *, batch_size: int = 8, max_new_tokens: int = 256,
