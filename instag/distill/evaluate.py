@@ -135,9 +135,10 @@ def load_pairs(pred_files: Path | Sequence[Path], gold_files: Path | Sequence[Pa
             p = pred.get(str(g["id"]))
             status = "missing" if p is None else str(p.get("status"))
             rows.append({"gold_file": str(gf), "id": str(g["id"]), "source": g.get("source") or NO_SOURCE,
-                         "status": status, "gold": tag_strings(g, normalized=False),
+                         "status": status, "model": None if p is None else p.get("model"),
+                         "gold": tag_strings(g, normalized=False),
                          "pred": tag_strings(p, normalized=False) if status == "ok" else []})
-    return pd.DataFrame(rows, columns=["gold_file", "id", "source", "status", "gold", "pred"])
+    return pd.DataFrame(rows, columns=["gold_file", "id", "source", "status", "model", "gold", "pred"])
 
 
 def tags_per_query(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
@@ -155,17 +156,19 @@ def tag_errors(frame: pd.DataFrame, top: int = TOP_TAGS) -> dict[str, list[dict[
     """Over-predicted and most-missed tags at the rule level (spelling variants counted together).
 
     Counts are queries: ``pred`` predicted the rule key, ``gold`` has it, ``matched`` both. A key is shown
-    by its most frequent spelling over both sides."""
+    by its most frequent gold spelling (the model's where the gold never uses it)."""
     rows: list[dict[str, Any]] = []
     for pred, gold in zip(frame["pred"], frame["gold"]):
         pk, gk = set(_dedupe(pred, rule_key)), set(_dedupe(gold, rule_key))
         rows += [{"key": k, "pred": k in pk, "gold": k in gk, "matched": k in pk and k in gk} for k in pk | gk]
     if not rows:
         return {"over_predicted": [], "most_missed": []}
-    spell = pd.Series([t.strip() for col in ("pred", "gold") for tags in frame[col] for t in tags if t.strip()])
-    spelling = spell.groupby(spell.map(rule_key)).agg(lambda s: s.value_counts().index[0])
     counts = pd.DataFrame(rows).groupby("key")[["pred", "gold", "matched"]].sum().astype(int)
-    counts.insert(0, "tag", spelling.reindex(counts.index))
+
+    def spelling(col: str) -> pd.Series:
+        tags = pd.Series([t.strip() for tags in frame[col] for t in tags if t.strip()], dtype=object)
+        return tags.groupby(tags.map(rule_key)).agg(lambda s: s.value_counts().index[0])
+    counts.insert(0, "tag", spelling("gold").reindex(counts.index).fillna(spelling("pred")))
     over = counts[counts["pred"] > counts["gold"]].assign(excess=lambda d: d["pred"] - d["gold"])
     # the ratio is undefined for tags the gold never uses; JSON null, "new" in the report
     over["ratio"] = (over["pred"] / over["gold"].where(over["gold"] > 0)).round(2)
@@ -223,26 +226,72 @@ def evaluate_predictions(pred_file: Path | Sequence[Path], gold_file: Path | Seq
     return out
 
 
-def run_eval(model: str, gold_file: Path, out_dir: Path, *, batch_size: int = 8, max_new_tokens: int = 256,
-             threshold: float = SEMANTIC_THRESHOLD, embed: EmbedFn | None = None, progress: bool = True,
-             **tag_kw: Any) -> dict[str, Any]:
-    """Tag the gold queries with ``model`` (resumable, into ``out_dir/predictions.jsonl``) and score them;
-    writes ``metrics.json`` and ``report.md``."""
+def load_ceiling(path: Path) -> dict[str, Any]:
+    """The levels of a reference run's metrics.json (e.g. the teacher re-tagging the gold: its
+    self-agreement), overall, per source and per gold file (by file name), to show beside the model."""
+    try:
+        m = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not a metrics.json of `instag eval` ({e})") from e
+    if not isinstance(m, dict) or "levels" not in m:
+        raise ValueError(f"{path}: not a metrics.json of `instag eval` (no 'levels')")
+
+    def trim(x: dict[str, Any]) -> dict[str, Any]:
+        return {**{k: x.get(k) for k in ("queries", "missing_predictions", "parse_failures", "avg_pred_tags",
+                                         "avg_gold_tags")}, "levels": x["levels"],
+                "by_source": {s: {"queries": v.get("queries"), "levels": v["levels"]}
+                              for s, v in x.get("by_source", {}).items()}}
+    out = {"file": str(path), "model": m.get("model"), "gold": m.get("gold"), **trim(m)}
+    out["gold_files"] = {Path(g["gold"]).name: trim(g) for g in m.get("gold_files", [])}
+    if m.get("gold") and not out["gold_files"]:
+        out["gold_files"] = {Path(str(m["gold"])).name: trim(m)}
+    return out
+
+
+def score_run(pred_files: Path | Sequence[Path], gold_files: Path | Sequence[Path], out_dir: Path, *,
+              embed: EmbedFn | None = None, threshold: float = SEMANTIC_THRESHOLD, ceiling: Path | None = None,
+              meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Score saved predictions (a model run, a teacher re-tag) against gold file(s); writes
+    ``out_dir/metrics.json`` and ``out_dir/report.md``. ``embed`` None: the default MiniLM embedder."""
+    from instag.distill.report import render_report
     from instag.select.normalize import sentence_transformer_embedder
+
+    ceiling_m = load_ceiling(ceiling) if ceiling is not None else None  # a bad file fails before the scoring
+    metrics = evaluate_predictions(pred_files, gold_files, embed or sentence_transformer_embedder(), threshold)
+    meta = dict(meta or {})
+    if "model" not in meta:  # a saved run: name it by the model its records were tagged with
+        models = load_pairs(pred_files, gold_files)["model"].dropna()
+        meta["model"] = ", ".join(models.value_counts().index) or "predictions"
+        meta["predictions"] = ", ".join(map(str, _as_list(pred_files)))
+    metrics.update(meta)
+    metrics.setdefault("gold", ", ".join(map(str, _as_list(gold_files))))
+    metrics.setdefault("date", time.strftime("%Y-%m-%d"))
+    if ceiling_m:
+        metrics["ceiling"] = ceiling_m
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out_dir / "report.md").write_text(render_report(metrics))
+    return metrics
+
+
+def run_eval(model: str, gold_file: Path | Sequence[Path], out_dir: Path, *, batch_size: int = 8,
+             max_new_tokens: int = 256, threshold: float = SEMANTIC_THRESHOLD, embed: EmbedFn | None = None,
+             progress: bool = True, ceiling: Path | None = None, **tag_kw: Any) -> dict[str, Any]:
+    """Tag the gold queries with ``model`` (resumable, every gold file into ``out_dir/predictions.jsonl``)
+    and score them with :func:`score_run`."""
     from instag.tagger.run import TagOptions, tag_file
 
+    if ceiling is not None:
+        load_ceiling(ceiling)  # fail before tagging, not after
     out_dir.mkdir(parents=True, exist_ok=True)
     preds = out_dir / "predictions.jsonl"
     t0 = time.time()
-    summary = tag_file(gold_file, preds, TagOptions(model=model, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                                    progress=progress, **tag_kw))
-    metrics = evaluate_predictions(preds, gold_file, embed or sentence_transformer_embedder(), threshold)
-    metrics.update(model=model, gold=str(gold_file), tag_seconds=round(summary.seconds, 2),
-                   queries_per_s=summary.queries_per_second, seconds=round(time.time() - t0, 2),
-                   date=time.strftime("%Y-%m-%d"))
+    opts = TagOptions(model=model, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress, **tag_kw)
+    summaries = [tag_file(g, preds, opts) for g in _as_list(gold_file)]
+    tag_s = sum(x.seconds for x in summaries)
+    tagged = sum(x.tagged for x in summaries)
+    meta = {"model": model, "tag_seconds": round(tag_s, 2), "queries_per_s": tagged / tag_s if tag_s else 0.0}
+    metrics = score_run(preds, gold_file, out_dir, embed=embed, threshold=threshold, ceiling=ceiling, meta=meta)
+    metrics["seconds"] = round(time.time() - t0, 2)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    from instag.distill.train import metrics_table
-
-    (out_dir / "report.md").write_text(f"# Evaluation of `{model}` on `{gold_file}`\n\n{metrics['queries']} "
-                                       f"held-out queries.\n\n{metrics_table(metrics)}\n")
     return metrics
