@@ -185,3 +185,25 @@ def test_cli_scores_a_predictions_file(files, tmp_path, monkeypatch):
     bad = CliRunner().invoke(app, ["eval", "-p", str(pred), "--gold", str(gold_a), "-o", str(out),
                                    "--ceiling", str(gold_a)])
     assert bad.exit_code == 2 and "not a metrics.json" in bad.output
+
+
+def test_run_eval_tags_every_gold_file_into_one_predictions_file(files, tmp_path, monkeypatch):
+    import instag.tagger.run as run
+    from instag.distill.evaluate import run_eval
+
+    gold_a, gold_b, _ = files
+    tagged = []
+
+    def fake_tag_file(inp, out, opts):  # the teacher's own tags, as if a perfect model had tagged them
+        tagged.append(inp.name)
+        with open(out, "a") as f:
+            f.write(inp.read_text())
+        return run.TagSummary(input=str(inp), output=str(out), tagged=2, seconds=1.0)
+    monkeypatch.setattr(run, "tag_file", fake_tag_file)
+    with pytest.raises(ValueError, match="not a metrics.json"):  # a bad ceiling fails before any tagging
+        run_eval("some-model", [gold_a, gold_b], tmp_path / "e", embed=one_hot_by_rule_key()[0], ceiling=gold_a)
+    assert tagged == []
+    m = run_eval("some-model", [gold_a, gold_b], tmp_path / "e", embed=one_hot_by_rule_key()[0], progress=False)
+    assert tagged == ["gold_a.jsonl", "gold_b.jsonl"] and m["model"] == "some-model"
+    assert m["queries_per_s"] == 2.0 and m["levels"]["exact"]["f1"] == 1.0 and len(m["gold_files"]) == 2
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["seconds"] == m["seconds"]
