@@ -177,14 +177,14 @@ def tag_errors(frame: pd.DataFrame, top: int = TOP_TAGS) -> dict[str, list[dict[
     missed["recall"] = (missed["matched"] / missed["gold"]).round(3)
     missed = missed.sort_values(["missed", "gold", "tag"], ascending=[False, False, True]).head(top)
 
-    def records(d: pd.DataFrame) -> list[dict[str, Any]]:
-        return [{k: (None if isinstance(v, float) and np.isnan(v) else v.item() if hasattr(v, "item") else v)
-                 for k, v in r.items()} for r in d.reset_index().to_dict("records")]
+    def records(d: pd.DataFrame) -> list[dict[str, Any]]:  # via JSON: NaN to null, numpy to Python numbers
+        return json.loads(d.reset_index().to_json(orient="records"))
     return {"over_predicted": records(over), "most_missed": records(missed)}
 
 
 def _basic(frame: pd.DataFrame, embed: EmbedFn | None, threshold: float) -> dict[str, Any]:
-    """Today's keys (queries, failures, mean tags, levels) plus status counts and tags per query."""
+    """The keys metrics.json always had (queries, failures, mean tags, levels), plus status counts and
+    tags per query."""
     scored = frame[frame["status"] != "missing"]
     n = len(scored)
     failures = int((scored["status"] != "ok").sum())
