@@ -407,29 +407,43 @@ def distill_cmd(
 
 @app.command("eval")
 def eval_cmd(
-    model: str = typer.Option(..., "--model", "-m", help="Model spec, as for `instag tag`."),
-    gold: Path = typer.Option(..., "--gold", help="Held-out teacher tags (JSONL)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model spec, as for `instag tag`: tag the "
+                                        "gold queries with it."),
+    predictions: Optional[list[Path]] = typer.Option(None, "--predictions", "-p", help="Score this tag file "
+                                                     "instead of tagging (repeatable; matched by id)."),
+    gold: list[Path] = typer.Option(..., "--gold", help="Held-out teacher tags (JSONL); repeatable, one report "
+                                    "section per file."),
     output: Path = typer.Option(Path("eval"), "--output", "-o", help="Directory for predictions and metrics."),
+    ceiling: Optional[Path] = typer.Option(None, help="metrics.json of a reference run (teacher self-agreement), "
+                                           "shown beside the model."),
     batch_size: int = typer.Option(8),
     max_new_tokens: int = typer.Option(256),
     threshold: float = typer.Option(0.8, help="Cosine threshold for semantic matches."),
     base_url: Optional[str] = typer.Option(None, help="For openai:<name> models."),
 ) -> None:
-    """Tag the held-out queries and report P/R/F1 against the teacher (exact, rule, semantic)."""
-    from instag.distill.evaluate import run_eval
+    """Tag the held-out queries (or score saved predictions) and report P/R/F1 against the teacher (exact,
+    rule, semantic), per source, over-predicted and missed tags, tags per query."""
+    from instag.distill.evaluate import run_eval, score_run
 
+    if (model is None) == (not predictions):
+        _fail("give exactly one of --model (tag, then score) and --predictions (score a saved tag file)")
     try:
-        m = run_eval(model, gold, output, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                     threshold=threshold, base_url=base_url)
-    except (InputError, ValueError) as e:
+        if predictions:
+            m = score_run(predictions, gold, output, threshold=threshold, ceiling=ceiling)
+        else:
+            m = run_eval(model, gold, output, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                         threshold=threshold, base_url=base_url, ceiling=ceiling)
+    except (InputError, ValueError, OSError) as e:
         _fail(str(e))
-    t = _table(f"instag eval: {model} on {gold} ({m['queries']} queries)", ("level", "precision", "recall", "F1"),
-               numeric=("precision", "recall", "F1"))
+    t = _table(f"instag eval: {m['model']} on {m['gold']} ({m['queries']} queries)",
+               ("level", "precision", "recall", "F1"), numeric=("precision", "recall", "F1"))
     for level, v in m["levels"].items():
         t.add_row(level, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}")
     Console().print(t)
-    err.print(f"parse failures {m['parse_failure_rate']:.1%}; tags/query {m['avg_pred_tags']:.2f} vs teacher "
-              f"{m['avg_gold_tags']:.2f}; {m['queries_per_s']:.2f} queries/s; written to {output}", highlight=False)
+    speed = f"; {m['queries_per_s']:.2f} queries/s" if "queries_per_s" in m else ""
+    err.print(f"parse failures {m['parse_failure_rate']:.1%}; {m['missing_predictions']} without a prediction; "
+              f"tags/query {m['avg_pred_tags']:.2f} vs teacher {m['avg_gold_tags']:.2f}{speed}; per source and "
+              f"per tag in {output / 'report.md'}", highlight=False)
 
 
 @app.command()
