@@ -420,6 +420,7 @@ def eval_cmd(
     max_new_tokens: int = typer.Option(256),
     threshold: float = typer.Option(0.8, help="Cosine threshold for semantic matches."),
     base_url: Optional[str] = typer.Option(None, help="For openai:<name> models."),
+    engine: str = typer.Option("auto", help="Local engine: auto, transformers, vllm (as for `instag tag`)."),
 ) -> None:
     """Tag the held-out queries (or score saved predictions) and report P/R/F1 against the teacher (exact,
     rule, semantic), per source, over-predicted and missed tags, tags per query."""
@@ -432,7 +433,7 @@ def eval_cmd(
             m = score_run(predictions, gold, output, threshold=threshold, ceiling=ceiling)
         else:
             m = run_eval(model, gold, output, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                         threshold=threshold, base_url=base_url, ceiling=ceiling)
+                         threshold=threshold, base_url=base_url, ceiling=ceiling, engine=engine)
     except (InputError, ValueError, OSError) as e:
         _fail(str(e))
     t = _table(f"instag eval: {m['model']} on {m['gold']} ({m['queries']} queries)",
