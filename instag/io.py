@@ -329,7 +329,11 @@ class JsonlAppender:
         self.fsync_every = fsync_every
 
     def write(self, rec: dict[str, Any]) -> None:
-        self._f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        self.write_line(json.dumps(rec, ensure_ascii=False))
+
+    def write_line(self, line: str) -> None:
+        """Append one record already serialized as JSON (no newline in it)."""
+        self._f.write(line + "\n")
         self._f.flush()
         self._since_sync += 1
         if self._since_sync >= self.fsync_every:
