@@ -77,14 +77,25 @@ def done_ids_dir(out_dir: Path) -> dict[str, str]:
 
 def _read_file(row: dict[str, Any], *, field: str | None, all_turns: bool, skip_bad: bool) -> list[dict[str, Any]]:
     """Ray task: the queries of one input file, by instag's own reader; ``ord`` orders them globally
-    (file index, row) so that repeated ids keep their first occurrence wherever blocks land."""
+    (file index, row) so that repeated ids keep their first occurrence wherever blocks land.
+
+    Bad records come back as rows too (``bad``: the error as JSON; ``fatal`` without --skip-bad), not as
+    a raised error: the driver then raises the same InputError, not one wrapped in Ray's exceptions."""
     stats = ReadStats()
-    out = [{"id": q.id, "source": q.source, "query": q.query, "turn": q.turn, "ord": (row["file"] << 32) | k,
-            "bad": None}
-           for k, q in enumerate(read_queries(row["path"], field=field, all_turns=all_turns, skip_bad=skip_bad,
-                                              stats=stats))]
-    out += [{"id": None, "source": None, "query": None, "turn": None, "ord": -1, "bad": str(e)} for e in stats.bad]
-    return out
+    out: list[dict[str, Any]] = []
+    blank = {"id": None, "source": None, "query": None, "turn": None, "ord": -1}
+
+    def bad(e: InputError, fatal: bool) -> dict[str, Any]:
+        return {**blank, "bad": json.dumps([e.path, e.where, e.message]), "fatal": fatal}
+
+    try:
+        for k, q in enumerate(read_queries(row["path"], field=field, all_turns=all_turns, skip_bad=skip_bad,
+                                           stats=stats)):
+            out.append({"id": q.id, "source": q.source, "query": q.query, "turn": q.turn,
+                        "ord": (row["file"] << 32) | k, "bad": None, "fatal": False})
+    except InputError as e:
+        return [bad(e, True)]
+    return out + [bad(e, False) for e in stats.bad]
 
 
 def _keep_rows(batch, *, ords_ref, keep: bool):  # noqa: ANN001
@@ -176,18 +187,6 @@ def _plan(ray_opts: RayOptions, opts: TagOptions) -> tuple[int, dict[str, Any], 
     return workers, {"num_cpus": cpus}, replace(opts, threads=opts.threads or max(1, int(cpus)))
 
 
-def _input_error(exc: BaseException) -> InputError | None:
-    """The InputError a read task raised, from under Ray's wrappers."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, InputError):
-            return exc
-        cause = getattr(exc, "cause", None)
-        exc = cause if isinstance(cause, BaseException) else (exc.__cause__ or exc.__context__)
-    return None
-
-
 def tag_distributed(input_path: str | os.PathLike, out_dir: str | os.PathLike, opts: TagOptions,
                     ray_opts: RayOptions | None = None,
                     on_batch: Callable[[list[dict[str, Any]], str], None] | None = None) -> TagSummary:
@@ -214,23 +213,20 @@ def tag_distributed(input_path: str | os.PathLike, out_dir: str | os.PathLike, o
     items = [{"file": i, "path": str(f)} for i, f in enumerate(files)]
     ds = ray.data.from_items(items, override_num_blocks=len(items)).flat_map(
         _read_file, fn_kwargs={"field": opts.field, "all_turns": opts.all_turns, "skip_bad": opts.skip_bad})
-    try:
-        ds = ds.materialize()
-    except Exception as e:  # Ray wraps the task's InputError
-        found = _input_error(e)
-        if found is None:
-            raise
-        raise InputError(found.path, found.where, found.message) from None
+    ds = ds.materialize()
 
     # 2. which rows to tag: not done, first occurrence of an id; one pass over the small columns.
     done = {k for k, s in done_ids_dir(out_dir).items() if s in (STATUS_OK, STATUS_UNPARSED)} if out_dir.exists() else set()
     first: dict[str, int] = {}  # id -> its first ord
-    for batch in ds.select_columns(["id", "ord", "bad"]).iter_batches(batch_format="pyarrow", batch_size=65536):
-        for qid, o, bad in zip(*(batch.column(c).to_pylist() for c in ("id", "ord", "bad"))):
+    cols = ("id", "ord", "bad", "fatal")
+    for batch in ds.select_columns(list(cols)).iter_batches(batch_format="pyarrow", batch_size=65536):
+        for qid, o, bad, fatal in zip(*(batch.column(c).to_pylist() for c in cols)):
+            if fatal:
+                raise InputError(*json.loads(bad))
             if bad is not None:
                 summary.bad_input += 1
                 if len(summary.bad_input_messages) < 20:
-                    summary.bad_input_messages.append(bad)
+                    summary.bad_input_messages.append(str(InputError(*json.loads(bad))))
                 continue
             summary.queries += 1
             prev = first.get(qid)
