@@ -144,10 +144,16 @@ class ShardWriter:
     def write(self, line: str) -> None:
         if self.file is None or self.written >= self.rows:
             self.close()
-            self.file = JsonlAppender(self.out_dir / f"{self.stem}-{self.index:05d}.jsonl")
+            # fsync once a batch (sync), not every 64 lines: at cluster rates the disk's syncs would
+            # cap the driver (124 us a record with fsync every 64 lines, 23 us of it CPU, on the CI machine).
+            self.file = JsonlAppender(self.out_dir / f"{self.stem}-{self.index:05d}.jsonl", fsync_every=1 << 62)
             self.index, self.written = self.index + 1, 0
         self.file.write_line(line)
         self.written += 1
+
+    def sync(self) -> None:
+        if self.file is not None:
+            self.file.sync()
 
     def close(self) -> None:
         if self.file is not None:
@@ -284,6 +290,7 @@ def tag_distributed(input_path: str | os.PathLike, out_dir: str | os.PathLike, o
                 summary.unparsed += status == STATUS_UNPARSED
                 summary.empty += status == STATUS_EMPTY
                 summary.errors += status == STATUS_ERROR
+            writer.sync()
             bar.update(len(lines))
             if on_batch is not None:
                 on_batch(recs, who[0] if who else "")
