@@ -98,6 +98,18 @@ def tag(
     limit: Optional[int] = typer.Option(None, min=1, help="Tag at most this many pending queries."),
     summary_json: Optional[Path] = typer.Option(None, help="Also write the run summary as JSON here."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    use_ray: bool = typer.Option(False, "--ray", help="Tag on a Ray cluster (Ray Data); OUTPUT is then a "
+                                                      "directory of JSONL shards. Needs pip install 'instag[ray]'."),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster to join ('auto': the one `ray start` "
+                                                         "made on this machine); default: start a local one."),
+    workers: Optional[int] = typer.Option(None, min=1, help="--ray: engines (default: engines-per-gpu per GPU, "
+                                                            "or one per node on CPUs)."),
+    engines_per_gpu: int = typer.Option(1, min=1, help="--ray: engines sharing one GPU (each gets 1/K of it)."),
+    cpus_per_worker: Optional[float] = typer.Option(None, help="--ray, CPU engines: CPUs per engine "
+                                                               "(default: the cluster's CPUs shared evenly)."),
+    ray_rows_per_call: Optional[int] = typer.Option(None, min=1, help="--ray: queries per engine call "
+                                                                      "(default 1024 vLLM, 4 batches transformers)."),
+    ray_cpus: Optional[int] = typer.Option(None, min=1, help="--ray without --ray-address: CPUs of the local Ray."),
 ) -> None:
     """Tag every query of INPUT with intent tags; append results to OUTPUT."""
     from instag.tagger.models import ModelError
@@ -113,10 +125,23 @@ def tag(
                       all_turns=all_turns, skip_bad=skip_bad, concurrency=concurrency, timeout=timeout,
                       max_retries=max_retries, price_in=price_in, price_out=price_out, device=device,
                       merge_adapter=merge_adapter, limit=limit, progress=not quiet)
+    run = lambda: tag_file(input, output, opts)  # noqa: E731
+    if use_ray:
+        if model.startswith(OPENAI_PREFIX):
+            _fail("--ray runs local engines; for an API model use plain `instag tag`")
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            _fail("--ray needs Ray Data: pip install 'instag[ray]'")
+        from instag.tagger.distributed import RayOptions, tag_distributed
+
+        ray_opts = RayOptions(address=ray_address, workers=workers, engines_per_gpu=engines_per_gpu,
+                              cpus_per_worker=cpus_per_worker, rows_per_call=ray_rows_per_call, local_cpus=ray_cpus)
+        run = lambda: tag_distributed(input, output, opts, ray_opts)  # noqa: E731
     # SIGTERM and SIGHUP stop a run as Ctrl-C does: what is tagged is kept and the engine is shut down.
     with raising_on(signal.SIGTERM, signal.SIGHUP) as caught:
         try:
-            summary = tag_file(input, output, opts)
+            summary = run()
         except Terminated as e:  # before tagging began (reading the input, starting the engine)
             raise typer.Exit(e.exit_code)
         except InputError as e:

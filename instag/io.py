@@ -329,7 +329,11 @@ class JsonlAppender:
         self.fsync_every = fsync_every
 
     def write(self, rec: dict[str, Any]) -> None:
-        self._f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        self.write_line(json.dumps(rec, ensure_ascii=False))
+
+    def write_line(self, line: str) -> None:
+        """Append one record already serialized as JSON (no newline in it)."""
+        self._f.write(line + "\n")
         self._f.flush()
         self._since_sync += 1
         if self._since_sync >= self.fsync_every:
@@ -350,3 +354,38 @@ class JsonlAppender:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ---------------------------------------------------------------- shard directories (instag tag --ray)
+
+SHARD_GLOB = "part-*.jsonl"
+
+
+def tag_shards(path: str | os.PathLike) -> list[Path]:
+    """The shards of a tag output directory, oldest first: their names start with the run's UTC time,
+    so that reading them in name order lets a later run's retry of an id win (:func:`latest_by_id`)."""
+    return sorted(Path(path).glob(SHARD_GLOB))
+
+
+def iter_tag_records(path: str | os.PathLike) -> Iterator[tuple[Path, int, dict[str, Any]]]:
+    """``(file, line, record)`` of a tag JSONL file or of every shard of a tag output directory.
+
+    In a directory, a shard's last line without its newline is skipped: it is a write in progress or
+    one torn by a killed run (the next run cuts it off); everything before it is whole."""
+    p = Path(path)
+    if not p.is_dir():
+        for lineno, rec in iter_jsonl_records(p):
+            yield p, lineno, rec
+        return
+    for shard in tag_shards(p):
+        with shard.open("r", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.endswith("\n") or not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InputError(shard, lineno, f"malformed JSON ({e.msg} at column {e.colno})") from None
+                if not isinstance(rec, dict):
+                    raise InputError(shard, lineno, "expected a JSON object")
+                yield shard, lineno, rec

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from instag.io import InputError, iter_jsonl_records, latest_by_id
+from instag.io import InputError, iter_tag_records, tag_shards
 
 NORMALIZED_FIELD = "normalized_tags"
 
@@ -38,22 +38,25 @@ def tag_strings(rec: dict[str, Any], normalized: bool | None = None) -> list[str
 
 
 def load_tag_file(path: str | os.PathLike) -> TagFile:
-    """Read a tag JSONL file; each record needs ``id`` and ``tags``; records whose status is not
-    ``ok`` (unparsed answers, failed requests) are kept but left out of the analysis, and counted."""
+    """Read a tag JSONL file, or a directory of shards written by ``instag tag --ray``; each record needs
+    ``id`` and ``tags``; the last record of an id wins; records whose status is not ``ok`` (unparsed
+    answers, failed requests) are kept but left out of the analysis, and counted."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, None, "no such file")
+    if path.is_dir() and not tag_shards(path):
+        raise InputError(path, None, "directory holds no tag shards (part-*.jsonl written by `instag tag --ray`)")
 
-    def checked():
-        for lineno, rec in iter_jsonl_records(path):
-            if "tags" not in rec and NORMALIZED_FIELD not in rec:
-                raise InputError(path, lineno, "record has no 'tags' field (is this an `instag tag` output?)")
-            tags = rec.get(NORMALIZED_FIELD, rec.get("tags"))
-            if not isinstance(tags, list):
-                raise InputError(path, lineno, "'tags' must be a list")
-            yield lineno, rec
-
-    by_id = latest_by_id(checked(), path)
+    by_id: dict[str, dict[str, Any]] = {}
+    for file, lineno, rec in iter_tag_records(path):
+        if "tags" not in rec and NORMALIZED_FIELD not in rec:
+            raise InputError(file, lineno, "record has no 'tags' field (is this an `instag tag` output?)")
+        tags = rec.get(NORMALIZED_FIELD, rec.get("tags"))
+        if not isinstance(tags, list):
+            raise InputError(file, lineno, "'tags' must be a list")
+        if "id" not in rec:
+            raise InputError(file, lineno, "record has no 'id'")
+        by_id[str(rec["id"])] = rec  # as latest_by_id: a retried id's last record, at its first place
     tf = TagFile(path=path, records=list(by_id.values()))
     for i, rec in enumerate(tf.records):
         status = rec.get("status", "ok")

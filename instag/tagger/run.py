@@ -53,6 +53,8 @@ class TagOptions:
     price_out: float = 0.0  # per 1M completion tokens
     device: str = "auto"
     merge_adapter: bool | None = None  # vLLM: adapter merged into its base (None: on CPU only)
+    threads: int | None = None  # transformers on CPU: torch threads (None: every core; Ray workers get their share)
+    memory_fraction: float | None = None  # vLLM: share of GPU memory (None: its default; lower for engines per GPU)
     limit: int | None = None
     progress: bool = True
 
@@ -124,11 +126,12 @@ def make_backend(opts: TagOptions, pending: int | None = None):
     if engine == "vllm":
         from instag.tagger.backends.vllm_engine import VLLMBackend
 
+        kw = {} if opts.memory_fraction is None else {"memory_fraction": opts.memory_fraction}
         return VLLMBackend(resolved, max_new_tokens=opts.max_new_tokens, guided=opts.guided is not False,
-                           merge=opts.merge_adapter)
+                           merge=opts.merge_adapter, **kw)
     from instag.tagger.backends.hf import HFBackend
 
-    return HFBackend(resolved, max_new_tokens=opts.max_new_tokens, device=opts.device)
+    return HFBackend(resolved, max_new_tokens=opts.max_new_tokens, device=opts.device, threads=opts.threads)
 
 
 ENGINES = ("auto", "transformers", "vllm")
