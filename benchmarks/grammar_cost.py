@@ -4,9 +4,9 @@
 
 vLLM's engine core fills a token bitmask for every guided sequence at every step and advances its
 grammar with the sampled token, on the CPU. This replays the canonical answers of the held-out seed
-set (what the tagger is trained to write), token by token, through the grammar vLLM compiles for
-each answer schema (xgrammar, ``compile_json_schema`` with vLLM's default whitespace handling), and
-times both calls. Prints a table and writes benchmarks/results/grammar_cost.json.
+set (what the tagger is trained to write) after the prefilled opening, token by token, through the
+grammar vLLM compiles for the answer pattern (xgrammar, ``compile_regex`` of ``prompt.answer_pattern``),
+and times both calls. Prints a table and writes benchmarks/results/grammar_cost.json.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from rich.table import Table
 
 from instag.io import iter_jsonl_records
 from instag.tagger.models import resolve, tokenizer_source
-from instag.tagger.prompt import ANSWER_SCHEMAS, format_answer
+from instag.tagger.prompt import ANSWER_PREFIX, TARGETS, answer_pattern, format_answer
 
 
 def replay(ctx, info, token_lists: list[list[int]]) -> dict:  # noqa: ANN001
@@ -68,12 +68,13 @@ def main() -> None:
     compiler = xgr.GrammarCompiler(info)
     records = [rec for _, rec in iter_jsonl_records(args.answers) if rec.get("tags")]
     rows = []
-    for target, schema in ANSWER_SCHEMAS.items():
+    for target in TARGETS:
         t0 = time.perf_counter()
-        ctx = compiler.compile_json_schema(json.dumps(schema), any_whitespace=True)
+        ctx = compiler.compile_regex(answer_pattern(target))
         compile_s = time.perf_counter() - t0
-        answers = [tok.encode(format_answer(rec["tags"], target), add_special_tokens=False) + [tok.eos_token_id]
-                   for rec in records]
+        prefix = len(ANSWER_PREFIX[target])  # the prompt holds the opening; the grammar sees the rest
+        answers = [tok.encode(format_answer(rec["tags"], target)[prefix:], add_special_tokens=False)
+                   + [tok.eos_token_id] for rec in records]
         runs = [replay(ctx, info, answers) for _ in range(args.repeats)]
         med = sorted(runs, key=lambda r: r["fill_us"] + r["accept_us"])[len(runs) // 2]
         rows.append({"target": target, "answers": len(answers),

@@ -84,8 +84,8 @@ def template_ids(tokenizer, target: Target = "tags+explanations", prefill: bool 
     return os.path.commonprefix([a, b])
 
 
-# Most tags an answer may hold under guided decoding (the teacher writes 2-6; InsTag's ChatGPT tags
-# averaged under 5): a cap, so that a looping answer ends instead of running to the token limit.
+# Most tags an answer may hold under guided decoding (the seed teacher writes 2 to 6): a cap, so that an
+# answer repeating tags ends instead of running to the token limit.
 MAX_TAGS = 12
 
 # One JSON string's content, as json.dumps writes it: any character but quote, backslash and control
@@ -107,21 +107,3 @@ def answer_pattern(target: Target = "tags+explanations") -> str:
     """
     rest = _ITEM_REST[check_target(target)]
     return f"{rest}(?:, {_ITEM_OPEN[target]}{rest}){{0,{MAX_TAGS - 1}}}\\]"
-
-
-# JSON schemas of a well-formed answer, for structured outputs where no prefill is possible (an API
-# that writes the whole answer itself): 1 to MAX_TAGS non-empty tags.
-_TAG_STRING = {"type": "string", "minLength": 1}
-ANSWER_SCHEMAS: dict[str, dict] = {
-    "tags+explanations": {
-        "type": "array",
-        "minItems": 1,
-        "maxItems": MAX_TAGS,
-        "items": {
-            "type": "object",
-            "properties": {"tag": _TAG_STRING, "explanation": {"type": "string"}},
-            "required": ["tag", "explanation"],
-        },
-    },
-    "tags": {"type": "array", "minItems": 1, "maxItems": MAX_TAGS, "items": _TAG_STRING},
-}

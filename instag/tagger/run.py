@@ -3,8 +3,7 @@
 Output: one JSON line per query (schema in README): id, source, query, tags, raw, model, status,
 error, token counts, truncated. The file is append-only; a re-run resumes, skipping ids already tagged
 (``ok`` or ``unparsed``) and retrying ids whose request failed (``error``) or whose answer named no
-tag (``empty``); readers keep the last
-record of an id (:func:`instag.io.latest_by_id`).
+tag (``empty``); readers keep the last record of an id (:func:`instag.io.latest_by_id`).
 """
 
 from __future__ import annotations
