@@ -12,7 +12,6 @@ and times both calls. Prints a table and writes benchmarks/results/grammar_cost.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from importlib.metadata import version

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner

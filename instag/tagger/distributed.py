@@ -31,7 +31,7 @@ import numpy as np
 
 from instag.io import SHARD_GLOB, InputError, JsonlAppender, Query, ReadStats, iter_tag_records, read_queries
 from instag.io import repair_tail, tag_shards
-from instag.tagger.parse import STATUS_EMPTY, STATUS_ERROR, STATUS_OK, STATUS_UNPARSED
+from instag.tagger.parse import STATUS_OK, STATUS_UNPARSED
 from instag.tagger.run import TagOptions, TagSummary, _run_batched, _truncated, make_backend
 
 log = logging.getLogger(__name__)
@@ -281,15 +281,7 @@ def tag_distributed(input_path: str | os.PathLike, out_dir: str | os.PathLike, o
                 rec = json.loads(line)
                 recs.append(rec)
                 summary.model = summary.model or rec.get("model", "")
-                summary.tagged += 1
-                summary.prompt_tokens += rec["prompt_tokens"]
-                summary.completion_tokens += rec["completion_tokens"]
-                summary.truncated += int(rec["truncated"])
-                status = rec["status"]
-                summary.ok += status == STATUS_OK
-                summary.unparsed += status == STATUS_UNPARSED
-                summary.empty += status == STATUS_EMPTY
-                summary.errors += status == STATUS_ERROR
+                summary.count(rec)
             writer.sync()
             bar.update(len(lines))
             if on_batch is not None:

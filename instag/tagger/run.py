@@ -81,6 +81,18 @@ class TagSummary:
     interrupted: bool = False
     bad_input_messages: list[str] = field(default_factory=list)
 
+    def count(self, rec: dict[str, Any]) -> None:
+        """Account for one written record."""
+        self.tagged += 1
+        self.prompt_tokens += rec["prompt_tokens"]
+        self.completion_tokens += rec["completion_tokens"]
+        self.truncated += int(rec["truncated"])
+        status = rec["status"]
+        self.ok += status == STATUS_OK
+        self.unparsed += status == STATUS_UNPARSED
+        self.empty += status == STATUS_EMPTY
+        self.errors += status == STATUS_ERROR
+
     @property
     def queries_per_second(self) -> float:
         return self.tagged / self.seconds if self.seconds > 0 else 0.0
@@ -195,15 +207,7 @@ def tag_file(input_path: str | Path, output_path: str | Path, opts: TagOptions,
 
     def emit(rec: dict[str, Any]) -> None:
         writer.write(rec)
-        summary.tagged += 1
-        summary.prompt_tokens += rec["prompt_tokens"]
-        summary.completion_tokens += rec["completion_tokens"]
-        summary.truncated += int(rec["truncated"])
-        status = rec["status"]
-        summary.ok += status == STATUS_OK
-        summary.unparsed += status == STATUS_UNPARSED
-        summary.empty += status == STATUS_EMPTY
-        summary.errors += status == STATUS_ERROR
+        summary.count(rec)
         bar.update(1)
 
     prepared = _truncated(backend, pending, opts.max_query_tokens)
