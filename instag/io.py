@@ -306,11 +306,11 @@ def iter_jsonl_records(path: str | os.PathLike) -> Iterator[tuple[int, dict[str,
         yield lineno, rec
 
 
-def latest_by_id(records: Iterable[tuple[int, dict[str, Any]]], path: str | os.PathLike
-                 ) -> dict[str, dict[str, Any]]:
-    """Append-only files may hold a retried id twice: the last record of an id wins."""
+def latest_by_id(records: Iterable[tuple[str | os.PathLike, int, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Append-only files may hold a retried id twice: the last record of an id wins (at the place of its
+    first). ``records`` are ``(file, line, record)``, as :func:`iter_tag_records` yields them."""
     out: dict[str, dict[str, Any]] = {}
-    for lineno, rec in records:
+    for path, lineno, rec in records:
         if "id" not in rec:
             raise InputError(path, lineno, "record has no 'id'")
         out[str(rec["id"])] = rec

@@ -70,9 +70,9 @@ def test_failures_exit_1_and_a_rerun_retries_only_them(alpaca_file, tmp_path, mo
         assert server.requests == requests_before + 2
     recs = read_jsonl(out)
     assert len(recs) == 14  # append-only: the two failures stay, their retries follow
-    from instag.io import iter_jsonl_records, latest_by_id
+    from instag.io import iter_tag_records, latest_by_id
 
-    latest = latest_by_id(iter_jsonl_records(out), out)
+    latest = latest_by_id(iter_tag_records(out))
     assert len(latest) == 12 and all(r["status"] == "ok" for r in latest.values())
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from instag.io import InputError, iter_tag_records, tag_shards
+from instag.io import InputError, iter_tag_records, latest_by_id, tag_shards
 
 NORMALIZED_FIELD = "normalized_tags"
 
@@ -47,16 +47,16 @@ def load_tag_file(path: str | os.PathLike) -> TagFile:
     if path.is_dir() and not tag_shards(path):
         raise InputError(path, None, "directory holds no tag shards (part-*.jsonl written by `instag tag --ray`)")
 
-    by_id: dict[str, dict[str, Any]] = {}
-    for file, lineno, rec in iter_tag_records(path):
-        if "tags" not in rec and NORMALIZED_FIELD not in rec:
-            raise InputError(file, lineno, "record has no 'tags' field (is this an `instag tag` output?)")
-        tags = rec.get(NORMALIZED_FIELD, rec.get("tags"))
-        if not isinstance(tags, list):
-            raise InputError(file, lineno, "'tags' must be a list")
-        if "id" not in rec:
-            raise InputError(file, lineno, "record has no 'id'")
-        by_id[str(rec["id"])] = rec  # as latest_by_id: a retried id's last record, at its first place
+    def checked():
+        for file, lineno, rec in iter_tag_records(path):
+            if "tags" not in rec and NORMALIZED_FIELD not in rec:
+                raise InputError(file, lineno, "record has no 'tags' field (is this an `instag tag` output?)")
+            tags = rec.get(NORMALIZED_FIELD, rec.get("tags"))
+            if not isinstance(tags, list):
+                raise InputError(file, lineno, "'tags' must be a list")
+            yield file, lineno, rec
+
+    by_id = latest_by_id(checked())
     tf = TagFile(path=path, records=list(by_id.values()))
     for i, rec in enumerate(tf.records):
         status = rec.get("status", "ok")

@@ -24,7 +24,7 @@ from instag.serve.tagger_api import ENV_TARGET, ENV_TOKENIZER, TaggerMiddleware
 from instag.tagger.backends.vllm_engine import LORA_NAME, cpu_env, engine_kwargs, for_vllm
 from instag.tagger.models import ResolvedModel, resolve, tokenizer_source
 
-SERVED_NAME = LORA_NAME  # also tagger_api.SERVED_NAME
+SERVED_NAME = LORA_NAME
 
 
 def server_command(resolved: ResolvedModel, *, host: str = "127.0.0.1", port: int = 8000,
@@ -78,11 +78,11 @@ class Server:
         return f"http://{self.host}:{self.port}/v1"
 
     def start(self, timeout: float = 600.0, **cmd_kw) -> Server:
-        self.command = server_command(for_vllm(self.resolved, self.merge), host=self.host, port=self.port,
-                                      api_key=self.api_key, **cmd_kw)
+        served = for_vllm(self.resolved, self.merge)  # merged once (cached) on CPU; hashes the adapter's files
+        self.command = server_command(served, host=self.host, port=self.port, api_key=self.api_key, **cmd_kw)
         out = open(self.log_path, "ab") if self.log_path else None
         env = {**os.environ, "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"), **cpu_env(),
-               ENV_TARGET: self.resolved.target, ENV_TOKENIZER: tokenizer_source(for_vllm(self.resolved, self.merge))}
+               ENV_TARGET: self.resolved.target, ENV_TOKENIZER: tokenizer_source(served)}
         # The server gets its own session (a terminal's Ctrl-C is ours to handle) and so its own process
         # group, which holds vLLM's engine process too: the unit that stop() and the watchdog stop.
         self.watchdog = Watchdog()

@@ -20,9 +20,10 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from instag.tagger.prompt import ANSWER_PREFIX, answer_pattern, build_messages, check_target, user_prompt
+from instag.tagger.backends.vllm_engine import LORA_NAME as SERVED_NAME
+from instag.tagger.prompt import (ANSWER_PREFIX, answer_pattern, build_messages, check_target, render_prompt,
+                                  user_prompt)
 
-SERVED_NAME = "instag-tagger"
 RAW_NAME = f"{SERVED_NAME}-raw"
 ENV_TARGET = "INSTAG_SERVE_TARGET"  # the served tagger's answer format, set by instag serve
 ENV_TOKENIZER = "INSTAG_SERVE_TOKENIZER"  # where to load its tokenizer (text completions render the prompt)
@@ -102,8 +103,6 @@ class TaggerMiddleware:
     def _render(self, query: str) -> str:
         if query.startswith(_INSTRUCTIONS_START):
             raise _PassThrough
-        from instag.tagger.prompt import render_prompt
-
         return render_prompt(self.tokenizer, query, self.target)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -29,10 +29,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from instag.io import SHARD_GLOB, InputError, JsonlAppender, Query, ReadStats, iter_tag_records, read_queries
-from instag.io import repair_tail, tag_shards
+from instag.io import SHARD_GLOB, InputError, JsonlAppender, Query, ReadStats, read_queries
 from instag.tagger.parse import STATUS_OK, STATUS_UNPARSED
-from instag.tagger.run import TagOptions, TagSummary, _run_batched, _truncated, make_backend
+from instag.tagger.run import TagOptions, TagSummary, _run_batched, _truncated, done_ids, make_backend
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +65,6 @@ def input_files(path: str | os.PathLike) -> list[Path]:
     if not files:
         raise InputError(p, None, "directory holds no " + ", ".join(INPUT_SUFFIXES) + " file nor a saved dataset")
     return files
-
-
-def done_ids_dir(out_dir: Path) -> dict[str, str]:
-    """Status of every id already in OUT_DIR's shards (last record wins), torn tails cut first."""
-    for shard in tag_shards(out_dir):
-        repair_tail(shard)
-    return {str(rec["id"]): rec.get("status", "") for _, _, rec in iter_tag_records(out_dir) if "id" in rec}
 
 
 def _read_file(row: dict[str, Any], *, field: str | None, all_turns: bool, skip_bad: bool) -> list[dict[str, Any]]:
@@ -222,7 +214,7 @@ def tag_distributed(input_path: str | os.PathLike, out_dir: str | os.PathLike, o
     ds = ds.materialize()
 
     # 2. which rows to tag: not done, first occurrence of an id; one pass over the small columns.
-    done = {k for k, s in done_ids_dir(out_dir).items() if s in (STATUS_OK, STATUS_UNPARSED)} if out_dir.exists() else set()
+    done = {k for k, s in done_ids(out_dir).items() if s in (STATUS_OK, STATUS_UNPARSED)}
     first: dict[str, int] = {}  # id -> its first ord
     cols = ("id", "ord", "bad", "fatal")
     for batch in ds.select_columns(list(cols)).iter_batches(batch_format="pyarrow", batch_size=65536):

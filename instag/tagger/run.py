@@ -19,7 +19,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from instag.io import JsonlAppender, Query, ReadStats, iter_jsonl_records, latest_by_id, read_queries, repair_tail
+from instag.io import (JsonlAppender, Query, ReadStats, iter_tag_records, latest_by_id, read_queries, repair_tail,
+                       tag_shards)
 from instag.tagger.backends import Generation
 from instag.tagger.parse import STATUS_EMPTY, STATUS_ERROR, STATUS_OK, STATUS_UNPARSED, parse_tags
 from instag.tagger.prompt import check_target
@@ -104,11 +105,13 @@ class TagSummary:
 
 
 def done_ids(output: Path) -> dict[str, str]:
-    """Status of every id already in the output (last record wins), after repairing a torn tail."""
+    """Status of every id already in the output, a file or a directory of shards (``--ray``): the last
+    record of an id wins, after repairing torn tails."""
     if not output.exists():
         return {}
-    repair_tail(output)
-    return {k: r.get("status", "") for k, r in latest_by_id(iter_jsonl_records(output), output).items()}
+    for part in tag_shards(output) if output.is_dir() else [output]:
+        repair_tail(part)
+    return {k: r.get("status", "") for k, r in latest_by_id(iter_tag_records(output)).items()}
 
 
 def make_record(q: Query, gen: Generation, model: str, truncated: bool) -> dict[str, Any]:
