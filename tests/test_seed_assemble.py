@@ -72,3 +72,20 @@ def test_short_and_misnamed_batches(assemble, seed, capsys):
     assert "extra.jsonl: not a batch name" in out
     assert "batch_003.jsonl:1: id" in out and "queries.jsonl:101 is" in out
     assert "batch_003.jsonl:22: id" in out and "past the batch's last query (queries.jsonl:121)" in out
+
+
+def test_self_agreement_retag_is_checked_by_position(assemble):
+    """The committed blind re-tag lines up with its sample; a shifted or short copy names file and line."""
+    spec = importlib.util.spec_from_file_location("seed_self_agreement", REPO / "scripts" / "seed_self_agreement.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = REPO / "data" / "seed" / "self_agreement"
+    queries = [json.loads(line) for line in assemble.jsonl_lines(out / "queries.jsonl")]
+    lines = assemble.jsonl_lines(out / "retag.jsonl")
+    records, problems = mod.check_retag(queries, lines)
+    assert problems == [] and [r["id"] for r in records] == [q["id"] for q in queries] and len(records) == 100
+    held = {r["id"] for r in read_jsonl(REPO / "data" / "seed" / "held_out_sharegpt.jsonl")}
+    assert {q["id"] for q in queries} <= held and all("tags" not in q for q in queries)  # blind: no tags
+
+    _, problems = mod.check_retag(queries, lines[:10] + lines[11:])  # line 11 dropped: 12 onwards shift up
+    assert problems[0].startswith("retag.jsonl:11: id ") and problems[-1] == "retag.jsonl: 99 rows for 100 queries"
