@@ -112,16 +112,13 @@ def replicas_runner(resolved, args, k: int):
     engine's per-request CPU work. On a GPU each gets 1/K of the memory one engine would take."""
     import multiprocessing
 
-    from instag.tagger.backends.vllm_engine import on_gpu
+    from instag.tagger.backends.vllm_engine import CPU_MEMORY_FRACTION, GPU_MEMORY_FRACTION, on_gpu, shared_kv_bytes
 
     ctx = multiprocessing.get_context("spawn")
-    # A GPU's memory is split between the engines; on a CPU each keeps the KV share one engine gets there.
-    share = 0.85 / k if on_gpu() else 0.15
-    kv_bytes = None
-    if on_gpu():  # a fixed KV cache: engines profiling memory side by side count each other's (see engine_kwargs)
-        import torch
-
-        kv_bytes = int(share * torch.cuda.get_device_properties(0).total_memory) - (3 << 30)
+    # A GPU's memory is split between the engines, each with a fixed KV cache (see shared_kv_bytes); on a
+    # CPU each keeps the KV share one engine gets there.
+    share = GPU_MEMORY_FRACTION / k if on_gpu() else CPU_MEMORY_FRACTION
+    kv_bytes = shared_kv_bytes(k) if on_gpu() else None
     t0 = time.perf_counter()
     conns, procs = [], []
 

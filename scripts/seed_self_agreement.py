@@ -24,10 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from seed_assemble import SEED, dumps, jsonl_lines  # noqa: E402
+from seed_assemble import SEED, dumps, jsonl_lines
 
-from instag.tagger.parse import STATUS_OK, parse_tags  # noqa: E402
-from instag.tagger.prompt import format_answer  # noqa: E402
+from instag.tagger.parse import STATUS_OK, parse_tags
+from instag.tagger.prompt import format_answer
 
 OUT = SEED / "self_agreement"
 SAMPLE_SEED = 20261130

@@ -30,14 +30,17 @@ from typing import Any, Callable
 import numpy as np
 
 from instag.io import SHARD_GLOB, InputError, JsonlAppender, Query, ReadStats, read_queries
+from instag.tagger.backends.vllm_engine import GPU_MEMORY_FRACTION
 from instag.tagger.parse import STATUS_OK, STATUS_UNPARSED
-from instag.tagger.run import TagOptions, TagSummary, _run_batched, _truncated, done_ids, make_backend
+from instag.tagger.run import (TagOptions, TagSummary, _run_batched, _truncated, done_ids, make_backend,
+                               pick_engine)
 
 log = logging.getLogger(__name__)
 
 INPUT_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".csv", ".tsv")
 SAVED_DATASET_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")  # what save_to_disk writes
 SHARD_ROWS = 1_000_000  # records per shard before a new one starts: files stay a size tools handle
+CALLS_PER_ENGINE = 4  # at least this many engine calls per engine when the input is small (see rows_per_call)
 
 
 @dataclass
@@ -175,14 +178,17 @@ def _plan(ray_opts: RayOptions, opts: TagOptions) -> tuple[int, dict[str, Any], 
     k = max(1, ray_opts.engines_per_gpu)
     if gpus:
         workers = ray_opts.workers or max(1, int(res.get("GPU", 1)) * k)
-        # K engines share a GPU's memory: each takes its share of vLLM's default 0.85.
-        engine_opts = replace(opts, memory_fraction=opts.memory_fraction or round(0.85 / k, 3))
+        # K engines share a GPU's memory: each takes its share of vLLM's default.
+        engine_opts = replace(opts, memory_fraction=opts.memory_fraction or round(GPU_MEMORY_FRACTION / k, 3),
+                              engines=k)
         return workers, {"num_gpus": 1.0 / k, "num_cpus": 1}, engine_opts
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     workers = ray_opts.workers or max(1, len(nodes))
     cpus = ray_opts.cpus_per_worker or max(1.0, float(int(res.get("CPU", 1) // workers)))
-    # Each engine's torch threads match the CPUs Ray gave it: more would fight the other engines.
-    return workers, {"num_cpus": cpus}, replace(opts, threads=opts.threads or max(1, int(cpus)))
+    # Each engine's threads match the CPUs Ray gave it: more would fight the other engines; vLLM-CPU
+    # engines on one machine split the memory one engine would reserve.
+    return workers, {"num_cpus": cpus}, replace(opts, threads=opts.threads or max(1, int(cpus)),
+                                                engines=-(-workers // max(1, len(nodes))))
 
 
 def tag_distributed(input_path: str | os.PathLike, out_dir: str | os.PathLike, opts: TagOptions,
@@ -245,8 +251,12 @@ def tag_distributed(input_path: str | os.PathLike, out_dir: str | os.PathLike, o
     if ray_opts.rows_per_call:
         rows_per_call = ray_opts.rows_per_call
     else:
-        vllm = engine_opts.engine == "vllm" or (engine_opts.engine == "auto" and "num_gpus" in resources)
-        rows_per_call = 1024 if vllm else opts.batch_size * 4
+        # What `auto` will pick in the workers (vLLM on GPUs, and on CPUs for enough queries), as seen here.
+        vllm = engine_opts.engine == "vllm" or (engine_opts.engine == "auto" and (
+            "num_gpus" in resources or pick_engine("auto", len(kept)) == "vllm"))
+        # ... but a small input still makes several calls per engine: each engine takes up to 2 calls at
+        # once, so with one call per engine the first one started would take two engines' share.
+        rows_per_call = min(1024 if vllm else opts.batch_size * 4, -(-len(kept) // (workers * CALLS_PER_ENGINE)))
     ords_ref = ray.put(np.asarray(kept, dtype=np.int64))
     # One block per engine call: blocks are what the pool hands out, so engines share the work evenly
     # and progress moves call by call.

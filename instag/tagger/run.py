@@ -53,8 +53,9 @@ class TagOptions:
     price_out: float = 0.0  # per 1M completion tokens
     device: str = "auto"
     merge_adapter: bool | None = None  # vLLM: adapter merged into its base (None: on CPU only)
-    threads: int | None = None  # transformers on CPU: torch threads (None: every core; Ray workers get their share)
+    threads: int | None = None  # CPU engines: threads (None: every core; Ray workers get their share)
     memory_fraction: float | None = None  # vLLM: share of GPU memory (None: its default; lower for engines per GPU)
+    engines: int = 1  # vLLM engines sharing this machine's GPU or memory (Ray workers): fixed KV caches
     limit: int | None = None
     progress: bool = True
 
@@ -142,7 +143,8 @@ def make_backend(opts: TagOptions, pending: int | None = None):
 
         kw = {} if opts.memory_fraction is None else {"memory_fraction": opts.memory_fraction}
         return VLLMBackend(resolved, max_new_tokens=opts.max_new_tokens, guided=opts.guided is not False,
-                           merge=opts.merge_adapter, **kw)
+                           merge=opts.merge_adapter, threads=opts.threads,
+                           engines=opts.engines, **kw)
     from instag.tagger.backends.hf import HFBackend
 
     return HFBackend(resolved, max_new_tokens=opts.max_new_tokens, device=opts.device, threads=opts.threads)

@@ -40,6 +40,12 @@ CPU_MAX_NUM_SEQS = 64
 # longer than the shared prompt template, so none of it was cached; 32 is the smallest the CPU kernels
 # take. GPUs keep vLLM's 16. Numbers: docs/benchmarks.md.
 CPU_BLOCK_SIZE = 32
+GPU_MEMORY_FRACTION = 0.85  # vLLM's default share of GPU memory
+# On the CPU backend the share of host memory reserved for the KV cache. 0.15 of 24 GiB holds about 75K
+# tokens of SmolLM2-135M's KV cache: plenty for a tagger.
+CPU_MEMORY_FRACTION = 0.15
+# A GPU engine's memory outside its KV cache (weights, activations, CUDA graphs), SmolLM2-135M on an H200.
+GPU_ENGINE_RESERVE = 3 << 30
 
 
 def vllm_available() -> bool:
@@ -66,30 +72,49 @@ def for_vllm(resolved: ResolvedModel, merge: bool | None = None) -> ResolvedMode
     return merge_adapter(resolved) if merge and resolved.adapter else resolved
 
 
-def cpu_env() -> dict[str, str]:
-    """Environment for a vLLM engine on a small CPU machine; empty on a GPU or where the user chose.
+def cpu_env(threads: int | None = None) -> dict[str, str]:
+    """Environment for a vLLM engine on a CPU machine; empty on a GPU or where the user chose.
 
     vLLM's CPU build keeps one core for its scheduler and binds the model to the rest, which on 2 cores
     halves the model's compute (docs/benchmarks.md). On machines with at most :data:`SMALL_CPU` cores
-    the model gets them all; bigger ones keep vLLM's binding. A user's ``VLLM_CPU_OMP_THREADS_BIND`` wins.
+    the model gets them all; bigger ones keep vLLM's binding. ``threads`` fewer than this process's
+    cores (one of several engines on a machine, e.g. Ray workers): that many threads, unbound, since
+    vLLM would bind every engine to the same cores and their OpenMP threads would spin against each
+    other (docs/benchmarks.md). A user's ``VLLM_CPU_OMP_THREADS_BIND`` wins.
     """
     if "VLLM_CPU_OMP_THREADS_BIND" in os.environ or on_gpu():
         return {}
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if threads and threads < (len(cpus) or os.cpu_count() or 1):
+        return {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": str(threads)}
     if not cpus or len(cpus) > SMALL_CPU:
         return {}
     return {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cpus))}
 
 
-def engine_env() -> dict[str, str]:
+def engine_env(threads: int | None = None) -> dict[str, str]:
     """Environment for a vLLM engine started in this process (its engine core inherits it).
 
     On a GPU the engine core is spawned, not forked: a parent that has touched CUDA (converting the
     embedded GGUF model does) cannot fork a process that uses it ("Cannot re-initialize CUDA in forked
-    subprocess" on an H200). A user's ``VLLM_WORKER_MULTIPROC_METHOD`` wins."""
+    subprocess" on an H200). A user's ``VLLM_WORKER_MULTIPROC_METHOD`` wins. On a CPU: :func:`cpu_env`."""
     if on_gpu():
         return {} if "VLLM_WORKER_MULTIPROC_METHOD" in os.environ else {"VLLM_WORKER_MULTIPROC_METHOD": "spawn"}
-    return cpu_env()
+    return cpu_env(threads)
+
+
+def shared_kv_bytes(engines: int) -> int:
+    """KV-cache bytes for one of ``engines`` vLLM engines sharing this machine's GPU (or, without one,
+    its memory): fixed sizes, since engines that measure free memory side by side count each other's
+    (negative KV caches on an H200) or, on a CPU, each reserve a share meant for one engine."""
+    if on_gpu():
+        import torch
+
+        total = torch.cuda.get_device_properties(0).total_memory
+        return int(GPU_MEMORY_FRACTION / engines * total) - GPU_ENGINE_RESERVE
+    import psutil
+
+    return int(CPU_MEMORY_FRACTION / engines * psutil.virtual_memory().total)
 
 
 def engine_kwargs(resolved: ResolvedModel, *, dtype: str = "auto", max_model_len: int = 2048,
@@ -109,9 +134,8 @@ def engine_kwargs(resolved: ResolvedModel, *, dtype: str = "auto", max_model_len
         "tokenizer": tokenizer_source(resolved),
         "dtype": dtype,
         "max_model_len": max_model_len,
-        # On the CPU backend this is the share of host memory reserved for the KV cache.
-        # 0.15 of 24 GiB holds about 75K tokens of SmolLM2-135M's KV cache: plenty for a tagger.
-        "gpu_memory_utilization": memory_fraction if memory_fraction is not None else (0.85 if gpu else 0.15),
+        "gpu_memory_utilization": memory_fraction if memory_fraction is not None else (
+            GPU_MEMORY_FRACTION if gpu else CPU_MEMORY_FRACTION),
         "seed": seed,
         "enforce_eager": (not gpu) if enforce_eager is None else enforce_eager,
     }
@@ -135,7 +159,7 @@ class VLLMBackend:
     (what ``instag tag`` uses); :meth:`generate` answers one list at once."""
 
     def __init__(self, resolved: ResolvedModel, *, max_new_tokens: int = 256, guided: bool = True,
-                 merge: bool | None = None, **engine_kw: Any):
+                 merge: bool | None = None, threads: int | None = None, engines: int = 1, **engine_kw: Any):
         from vllm import LLM
 
         self.resolved = resolved  # records carry its name, merged or not
@@ -143,11 +167,13 @@ class VLLMBackend:
         self.target = resolved.target
         self.max_new_tokens = max_new_tokens
         self.guided = guided
+        if engines > 1 and not engine_kw.get("kv_cache_bytes"):  # one of several engines on this machine
+            engine_kw["kv_cache_bytes"] = shared_kv_bytes(engines)
         # vLLM's engine runs in processes of its own (EngineCore and its worker), which survive this one
         # if it is killed; the watchdog stops them then. Started first, it also covers the engine's start.
         self.watchdog = Watchdog()
         try:
-            with mock.patch.dict(os.environ, engine_env()):  # the engine's process inherits it
+            with mock.patch.dict(os.environ, engine_env(threads)):  # the engine's process inherits it
                 self.llm = LLM(**engine_kwargs(resolved, **engine_kw))
         except BaseException:
             self.watchdog.stop(reap=True)  # what a failed or interrupted start left running
