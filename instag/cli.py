@@ -151,9 +151,15 @@ def tag(
     _print_tag_summary(summary)
     if summary_json:
         summary_json.write_text(json.dumps(summary.to_dict(), indent=2))
+    _end_of_tagging(summary, output, caught.signum)
+
+
+def _end_of_tagging(summary, output: Path, signum: int | None) -> None:  # noqa: ANN001
+    """What `instag tag` and `instag run` say after tagging, and their exit status: 128 + the signal
+    (130 for Ctrl-C) when stopped, 1 when some queries failed."""
     if summary.interrupted:
         err.print(f"[yellow]interrupted[/]: {summary.tagged} queries saved to {output}; run again to resume")
-        raise typer.Exit(128 + caught.signum if caught.signum else EXIT_INTERRUPTED)
+        raise typer.Exit(128 + signum if signum else EXIT_INTERRUPTED)
     if summary.empty:
         err.print(f"[yellow]{summary.empty} answers named no tag[/]; run the same command again to retry them")
     if summary.errors:
@@ -222,23 +228,23 @@ def run_cmd(
         elif step.step == "select":
             _print_select_summary(res.select, res.paths.selected)
 
-    try:
-        res = run_pipeline(input, out_dir, opts, n=n, strategy=strategy, seed=seed, on_step=on_step, on_done=on_done)
-    except InputError as e:
-        _fail(str(e))
-    except (ModelError, ValueError, OSError) as e:
-        _fail(f"{type(e).__name__}: {e}")
+    with raising_on(signal.SIGTERM, signal.SIGHUP) as caught:  # as in `instag tag`
+        try:
+            res = run_pipeline(input, out_dir, opts, n=n, strategy=strategy, seed=seed, on_step=on_step,
+                               on_done=on_done)
+        except Terminated as e:
+            raise typer.Exit(e.exit_code)
+        except InputError as e:
+            _fail(str(e))
+        except (ModelError, ValueError, OSError) as e:
+            _fail(f"{type(e).__name__}: {e}")
     t = _table(f"instag run -> {out_dir}", ("step", "done", "seconds", "output", "result"), numeric=("seconds",))
     for s in res.steps:
         outputs = ", ".join(str(p.relative_to(out_dir)) for p in s.outputs)
         t.add_row(s.step, "ran" if s.ran else "skipped", f"{s.seconds:.1f}", outputs, s.note)
     err.print(t)
-    if res.interrupted:
-        err.print(f"[yellow]interrupted[/]: {res.tag.tagged} queries saved; run again to resume")
-        raise typer.Exit(EXIT_INTERRUPTED)
-    if res.tag and res.tag.errors:
-        err.print(f"[yellow]{res.tag.errors} queries failed[/]; run the same command again to retry them")
-        raise typer.Exit(EXIT_FAILED_QUERIES)
+    if res.tag:
+        _end_of_tagging(res.tag, res.paths.tags, caught.signum)
 
 
 @models_app.command("list")

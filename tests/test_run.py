@@ -3,6 +3,10 @@ what is up to date and redoes what its input or parameters changed."""
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -10,7 +14,7 @@ from typer.testing import CliRunner
 from instag.cli import app
 from instag.pipeline import run_pipeline
 from instag.tagger.run import TagOptions
-from tests.conftest import REPO, read_jsonl
+from tests.conftest import REPO, instag_env, read_jsonl, write_jsonl
 
 runner = CliRunner()
 OUTPUTS = ("tags.jsonl", "normalized.jsonl", "tag_map.json", "report/index.html", "report/summary.json",
@@ -57,3 +61,32 @@ def test_run_tags_normalizes_analyzes_and_selects_then_skips_what_is_up_to_date(
     assert after["report/index.html"] > before["report/index.html"]
     assert after["selected.jsonl"] > before["selected.jsonl"]
     assert {r["selection"]["seed"] for r in read_jsonl(out / "selected.jsonl")} == {1}
+
+
+def test_run_stopped_by_sigterm_exits_143_and_resumes(tiny_model_dir, tmp_path):
+    """`instag run` stops on SIGTERM as `instag tag` does: tags kept, exit 128 + 15; a re-run finishes,
+    through analyze and select, though no answer of the tiny model parses."""
+    rows = [{"id": f"q{i}", "query": f"Explain topic number {i} in detail."} for i in range(200)]
+    inp = write_jsonl(tmp_path / "many.jsonl", rows)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "instag.cli", "run", str(inp), "-o", str(out), "-n", "5", "--model",
+           str(tiny_model_dir), "--engine", "transformers", "--batch-size", "1", "--max-new-tokens", "4", "-q"]
+    tags = out / "tags.jsonl"
+
+    def done() -> int:
+        return sum(1 for x in tags.read_text().splitlines() if x.endswith("}")) if tags.exists() else 0
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                            cwd=REPO, env=instag_env())
+    deadline = time.time() + 120
+    while time.time() < deadline and done() < 10:
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "interrupted" in stderr.decode(), stderr
+    assert 10 <= done() < 200
+    finished = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env=instag_env(), check=False)
+    assert finished.returncode == 0, finished.stderr
+    assert sorted(r["id"] for r in read_jsonl(tags)) == sorted(r["id"] for r in rows)
+    # The random tiny model's answers do not parse, so nothing is selected: the later steps still run.
+    assert (out / "selected.jsonl").exists() and (out / "report" / "index.html").exists()

@@ -119,7 +119,8 @@ def plots(stats: list[DatasetStats], freqs: list[Counter]) -> dict[str, str]:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for s in stats:
-        ax.scatter(s.unique_tags, s.avg_tags, s=30 + 170 * min(1.0, s.queries / max(x.queries for x in stats)))
+        # max(1, ...): a data set with no parsed query (a run whose answers were all unparsed) still plots.
+        ax.scatter(s.unique_tags, s.avg_tags, s=30 + 170 * min(1.0, s.queries / max(1, *(x.queries for x in stats))))
         ax.annotate(s.name, (s.unique_tags, s.avg_tags), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set(xscale="log", xlabel="diversity: unique tags (log)", ylabel="complexity: average tags per query",
            title="Data sets: diversity vs complexity")
