@@ -49,27 +49,25 @@ def dumps(rec: dict) -> str:
     return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").replace("\u0085", "\\u0085")
 
 
-def check_batch(batch: Path, queries: list[dict], problems: list[str]) -> list[tuple[dict, list[dict], str]]:
-    """(query, parsed tags, raw answer) for each row of a batch, or [] with problems when any row is wrong."""
-    m = BATCH_NAME.fullmatch(batch.name)
-    if not m or int(m.group(1)) == 0:
-        problems.append(f"{batch.name}: not a batch name (batch_NNN.jsonl, NNN from 001)")
-        return []
-    first = (int(m.group(1)) - 1) * BATCH_SIZE  # 0-based index of the batch's first query
-    expected = queries[first:first + BATCH_SIZE]
-    lines = jsonl_lines(batch)
-    found: list[str] = []
+def teacher_record(q: dict, tags: list[dict], raw: str, model: str = TEACHER) -> dict:
+    """A teacher's answer for query ``q`` in the schema `instag tag` writes."""
+    return {"id": q["id"], "source": q["source"], "query": q["query"], "tags": tags, "raw": raw, "model": model,
+            "status": STATUS_OK, "error": None, "prompt_tokens": 0, "completion_tokens": 0, "truncated": False}
+
+
+def check_rows(name: str, lines: list[str], expected: list[dict], first: int,
+               problems: list[str]) -> list[tuple[dict, list[dict], str]]:
+    """(query, parsed tags, raw answer) for each good row of a teacher file that tags ``expected`` (lines
+    ``first + 1`` .. of queries.jsonl) by position; each bad row adds a problem naming ``name:line``."""
     rows = []
-    bad = len(problems)
     for lineno, line in enumerate(lines, 1):
-        where = f"{batch.name}:{lineno}"
+        where = f"{name}:{lineno}"
         try:
             item = json.loads(line)
         except json.JSONDecodeError as e:
             problems.append(f"{where}: malformed JSON ({e.msg})")
             continue
         qid, tags = item.get("id"), item.get("tags")
-        found.append(qid)
         pos = first + lineno  # 1-based line of queries.jsonl this row must tag
         if lineno > len(expected):
             problems.append(f"{where}: id {qid!r} is past the batch's last query (queries.jsonl:{first + len(expected)})")
@@ -86,6 +84,20 @@ def check_batch(batch: Path, queries: list[dict], problems: list[str]) -> list[t
             problems.append(f"{where}: {qid}: tags do not round-trip through the parser (duplicate or bad tag?)")
             continue
         rows.append((expected[lineno - 1], parsed.tags, raw))
+    return rows
+
+
+def check_batch(batch: Path, queries: list[dict], problems: list[str]) -> list[tuple[dict, list[dict], str]]:
+    """(query, parsed tags, raw answer) for each row of a batch, or [] with problems when any row is wrong."""
+    m = BATCH_NAME.fullmatch(batch.name)
+    if not m or int(m.group(1)) == 0:
+        problems.append(f"{batch.name}: not a batch name (batch_NNN.jsonl, NNN from 001)")
+        return []
+    first = (int(m.group(1)) - 1) * BATCH_SIZE  # 0-based index of the batch's first query
+    expected = queries[first:first + BATCH_SIZE]
+    lines = jsonl_lines(batch)
+    bad = len(problems)
+    rows = check_rows(batch.name, lines, expected, first, problems)
     if len(lines) < len(expected):
         problems.append(f"{batch.name}: {len(lines)} rows, but it must tag queries.jsonl:{first + 1}-"
                         f"{first + len(expected)} ({len(expected)} rows)")
@@ -97,9 +109,7 @@ def main(seed: Path = SEED) -> int:
     records, problems = {}, []
     for batch in sorted((seed / "batches").glob("*.jsonl")):
         for q, tags, raw in check_batch(batch, queries, problems):
-            rec = {"id": q["id"], "source": q["source"], "query": q["query"], "tags": tags, "raw": raw,
-                   "model": TEACHER, "status": STATUS_OK, "error": None, "prompt_tokens": 0,
-                   "completion_tokens": 0, "truncated": False, "split": q["split"]}
+            rec = {**teacher_record(q, tags, raw), "split": q["split"]}
             if "family" in q:
                 rec["family"] = q["family"]
             records[q["id"]] = rec

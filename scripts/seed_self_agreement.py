@@ -24,10 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from seed_assemble import SEED, dumps, jsonl_lines
-
-from instag.tagger.parse import STATUS_OK, parse_tags
-from instag.tagger.prompt import format_answer
+from seed_assemble import SEED, check_rows, dumps, jsonl_lines, teacher_record
 
 OUT = SEED / "self_agreement"
 SAMPLE_SEED = 20261130
@@ -47,29 +44,10 @@ def sample() -> int:
 
 
 def check_retag(queries: list[dict], lines: list[str], name: str = "retag.jsonl") -> tuple[list[dict], list[str]]:
-    """(records in `instag tag`'s schema, problems naming ``name:line``) for the teacher's re-tag lines."""
-    problems, records = [], []
-    for lineno, line in enumerate(lines, 1):
-        where = f"{name}:{lineno}"
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            problems.append(f"{where}: malformed JSON ({e.msg})")
-            continue
-        if lineno > len(queries) or item.get("id") != queries[lineno - 1]["id"]:
-            want = queries[lineno - 1]["id"] if lineno <= len(queries) else "nothing (past the sample's end)"
-            problems.append(f"{where}: id {item.get('id')!r} but queries.jsonl:{lineno} is {want!r}")
-            continue
-        tags = item.get("tags")
-        raw = format_answer(tags, "tags+explanations") if isinstance(tags, list) and 1 <= len(tags) <= 12 else ""
-        parsed = parse_tags(raw)
-        if parsed.status != STATUS_OK or [t["tag"] for t in parsed.tags] != [t["tag"] for t in tags]:
-            problems.append(f"{where}: {item['id']}: needs 1 to 12 tags that round-trip through the parser")
-            continue
-        q = queries[lineno - 1]
-        records.append({"id": q["id"], "source": q["source"], "query": q["query"], "tags": parsed.tags, "raw": raw,
-                        "model": BLIND, "status": STATUS_OK, "error": None, "prompt_tokens": 0,
-                        "completion_tokens": 0, "truncated": False})
+    """(records in `instag tag`'s schema, problems naming ``name:line``) for the teacher's re-tag lines,
+    checked by position against the sample as a seed batch is against its queries."""
+    problems: list[str] = []
+    records = [teacher_record(q, tags, raw, BLIND) for q, tags, raw in check_rows(name, lines, queries, 0, problems)]
     if len(lines) != len(queries):
         problems.append(f"{name}: {len(lines)} rows for {len(queries)} queries")
     return records, problems
