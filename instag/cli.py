@@ -419,6 +419,8 @@ def distill_cmd(
     max_steps: int = typer.Option(-1, help="Stop after N steps (smoke runs)."),
     name: Optional[str] = typer.Option(None, help="Model name written into outputs (default: directory name)."),
     no_resume: bool = typer.Option(False, help="Start over even if checkpoints exist."),
+    bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bf16 mixed precision (default: where "
+                                        "the GPU or CPU computes bf16 natively, e.g. AVX-512 BF16)."),
 ) -> None:
     """Fine-tune a LoRA adapter on teacher tags (loss on answer tokens only); resumable."""
     from instag.distill.train import DistillConfig, distill
@@ -427,7 +429,7 @@ def distill_cmd(
                         eval_file=str(eval_file) if eval_file else None, r=r, alpha=alpha, dropout=dropout,
                         target_modules=[m.strip() for m in target_modules.split(",") if m.strip()], epochs=epochs,
                         lr=lr, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, seed=seed,
-                        save_steps=save_steps, max_steps=max_steps, name=name)
+                        save_steps=save_steps, max_steps=max_steps, name=name, bf16=bf16)
     try:
         res = distill(cfg, resume=not no_resume)
     except (InputError, ValueError) as e:

@@ -43,6 +43,7 @@ class DistillConfig:
     save_steps: int = 50  # a checkpoint every save_steps optimizer steps; resume starts from the latest
     name: str | None = None
     max_steps: int = -1  # for smoke runs
+    bf16: bool | None = None  # None: where the hardware computes bf16 natively (bf16_native())
 
 
 @dataclass
@@ -63,18 +64,53 @@ def _resolve_base(spec: str) -> ResolvedModel:
     return resolved
 
 
+def bf16_native() -> bool:
+    """Whether bf16 mixed precision runs natively here: a CUDA GPU that supports it, or a CPU with
+    AVX-512 BF16 or AMX (elsewhere the CPU emulates bf16 and autocast only slows training down)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    if probe is not None and probe():
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def latest_checkpoint(run_dir: Path) -> str | None:
     ckpts = sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     return str(ckpts[-1]) if ckpts else None
 
 
-def _save_each_epoch():
-    """A Trainer callback that also checkpoints at the end of every epoch (besides every save_steps)."""
+def _save_each_epoch(out: Path):
+    """A Trainer callback that also checkpoints at the end of every epoch (besides every save_steps) and
+    keeps that epoch's adapter as ``out/epochs/epoch-N``: the rotation of step checkpoints would delete
+    it, and choosing the epoch on a dev set needs every one."""
+    import shutil
+
     from transformers import TrainerCallback
 
     class SaveEachEpoch(TrainerCallback):
+        epoch_end = False
+
         def on_epoch_end(self, args, state, control, **kwargs):
             control.should_save = True
+            self.epoch_end = True
+            return control
+
+        def on_save(self, args, state, control, **kwargs):
+            if self.epoch_end and state.is_world_process_zero:
+                ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                dest = out / "epochs" / f"epoch-{round(state.epoch)}"
+                dest.mkdir(parents=True, exist_ok=True)
+                for f in ckpt.iterdir():  # the adapter and its config, not the optimizer state
+                    if f.name.startswith("adapter_") or f.name == "trainer_state.json":
+                        shutil.copy2(f, dest / f.name)
+            self.epoch_end = False
             return control
 
     return SaveEachEpoch()
@@ -112,8 +148,10 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, call
     def to_ds(examples):
         return Dataset.from_list([e.to_dict() for e in examples])
 
+    bf16 = bf16_native() if cfg.bf16 is None else cfg.bf16
+    log.info("bf16 mixed precision: %s", bf16)
     args = TrainingArguments(
-        output_dir=str(run_dir), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        bf16=bf16, output_dir=str(run_dir), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, warmup_steps=cfg.warmup_ratio,
         lr_scheduler_type="cosine", logging_steps=5, save_strategy="steps", save_steps=cfg.save_steps,
@@ -124,7 +162,7 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, call
     trainer = Trainer(model=model, args=args, train_dataset=to_ds(train.examples),
                       eval_dataset=to_ds(eval_data.examples) if eval_data else None,
                       data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100),
-                      callbacks=[_save_each_epoch(), *(callbacks or [])])
+                      callbacks=[_save_each_epoch(out), *(callbacks or [])])
     ckpt = latest_checkpoint(run_dir) if resume else None
     if ckpt:
         log.warning("resuming from %s", ckpt)
@@ -138,7 +176,7 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, call
     meta = {
         "name": cfg.name or out.name, "base": cfg.base, "target": cfg.target,
         "train_file": cfg.train, "train_examples": len(train.examples), "eval_file": cfg.eval_file,
-        "config": asdict(cfg), "train_loss_first": losses[0] if losses else None,
+        "config": asdict(cfg), "bf16": bf16, "train_loss_first": losses[0] if losses else None,
         "train_loss_last": losses[-1] if losses else None, "eval_loss": eval_loss,
         "seconds": round(time.time() - t0, 1), "date": time.strftime("%Y-%m-%d"),
     }
