@@ -12,7 +12,7 @@ is rejected. All 30 seed v1 batches follow this rule (checked when it was introd
 exception list. Each answer must also round-trip through instag's own parser with 1 to 12 tags.
 
 It writes, in the schema `instag tag` writes (model "llm-teacher"), the tagged queries in query order:
-seed_tags.jsonl (all), train.jsonl, held_out.jsonl and held_out_sharegpt.jsonl (one file per split), and
+seed_tags.jsonl (all), train.jsonl, held_out.jsonl, held_out_sharegpt.jsonl and held_out_long_multilingual.jsonl (one file per split), and
 prints tagged/untagged counts per split: most seed v2 queries are not tagged yet, which is not an error.
 Exit status 1 when any batch has a problem.
 """
@@ -35,7 +35,8 @@ SEED = REPO / "data" / "seed"
 TEACHER = "llm-teacher"
 BATCH_SIZE = 50
 BATCH_NAME = re.compile(r"batch_(\d{3})\.jsonl")
-SPLIT_FILES = {"train": "train.jsonl", "held_out": "held_out.jsonl", "held_out_sharegpt": "held_out_sharegpt.jsonl"}
+SPLIT_FILES = {"train": "train.jsonl", "held_out": "held_out.jsonl", "held_out_sharegpt": "held_out_sharegpt.jsonl",
+               "held_out_long_multilingual": "held_out_long_multilingual.jsonl"}
 
 
 def jsonl_lines(path: Path) -> list[str]:
@@ -110,8 +111,9 @@ def main(seed: Path = SEED) -> int:
     for batch in sorted((seed / "batches").glob("*.jsonl")):
         for q, tags, raw in check_batch(batch, queries, problems):
             rec = {**teacher_record(q, tags, raw), "split": q["split"]}
-            if "family" in q:
-                rec["family"] = q["family"]
+            for key in ("family", "kind", "lang"):  # why a query was drawn (v2 families, v3 kinds)
+                if key in q:
+                    rec[key] = q[key]
             records[q["id"]] = rec
     for p in problems:
         print("problem:", p)

@@ -116,7 +116,8 @@ def even_quotas(sizes: dict, total: int) -> dict:
     if total > sum(sizes.values()):
         raise SystemExit(f"cannot draw {total} from groups holding {sum(sizes.values())}")
     level = 0
-    while sum(min(s, level + 1) for s in sizes.values()) <= total:
+    # (stops at the largest group: when total is everything, the loop would otherwise never end)
+    while level < max(sizes.values(), default=0) and sum(min(s, level + 1) for s in sizes.values()) <= total:
         level += 1
     quotas = {k: min(s, level) for k, s in sizes.items()}
     extra = total - sum(quotas.values())

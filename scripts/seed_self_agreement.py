@@ -2,6 +2,12 @@
 
     python scripts/seed_self_agreement.py sample    # write data/seed/self_agreement/queries.jsonl (ids + queries only)
     python scripts/seed_self_agreement.py score     # validate retag.jsonl, write retag_records.jsonl and metrics
+    python scripts/seed_self_agreement.py sample v3 # the same for seed v3: data/seed/self_agreement_v3/
+    python scripts/seed_self_agreement.py score v3
+
+``v3`` (issue 27): 100 of the 200 ``held_out_long_multilingual`` queries (seed 20261202, drawn from
+queries.jsonl's lines of that split, so the sample can be re-tagged before the first tags exist), re-tagged
+by teacher instances that tagged none of them, under the seed v3 style guide.
 
 The sample is fixed (seed 20261130, 100 of the 400 `held_out_sharegpt` queries, in file order) and
 holds no tags, so a teacher instance can re-tag it without seeing the first answer. The teacher writes
@@ -31,10 +37,19 @@ SAMPLE_SEED = 20261130
 SAMPLE_N = 100
 GOLD = SEED / "held_out_sharegpt.jsonl"
 BLIND = "llm-teacher-blind"
+V3_SPLIT = "held_out_long_multilingual"
+
+
+def use_v3() -> None:
+    global OUT, SAMPLE_SEED, GOLD
+    OUT, SAMPLE_SEED, GOLD = SEED / "self_agreement_v3", 20261202, SEED / f"{V3_SPLIT}.jsonl"
 
 
 def sample() -> int:
-    gold = [json.loads(line) for line in jsonl_lines(GOLD)]
+    if GOLD.name == f"{V3_SPLIT}.jsonl":  # the split's queries, tagged or not yet
+        gold = [q for q in map(json.loads, jsonl_lines(SEED / "queries.jsonl")) if q["split"] == V3_SPLIT]
+    else:
+        gold = [json.loads(line) for line in jsonl_lines(GOLD)]
     keep = set(random.Random(SAMPLE_SEED).sample(range(len(gold)), SAMPLE_N))
     OUT.mkdir(parents=True, exist_ok=True)
     rows = [{"id": g["id"], "source": g["source"], "query": g["query"]} for i, g in enumerate(gold) if i in keep]
@@ -80,6 +95,8 @@ def score() -> int:
 
 if __name__ == "__main__":
     cmds = {"sample": sample, "score": score}
-    if len(sys.argv) != 2 or sys.argv[1] not in cmds:
+    if len(sys.argv) not in (2, 3) or sys.argv[1] not in cmds or sys.argv[2:] not in ([], ["v3"]):
         sys.exit(__doc__)
+    if sys.argv[2:] == ["v3"]:
+        use_v3()
     sys.exit(cmds[sys.argv[1]]())
