@@ -92,11 +92,11 @@ def vllm_runner(resolved, max_new_tokens: int, merge: bool | None, guided: bool 
     return run, time.perf_counter() - t0, backend.close
 
 
-def _replica(conn, resolved, args, memory_fraction: float, kv_cache_bytes: int | None) -> None:
+def _replica(conn, resolved, args, memory_fraction: float | None, kv_cache_bytes: int | None, k: int) -> None:
     """One engine of ``vllm-xK``: answers each list of queries it is sent, until it is sent None."""
     try:
         run, _, close = vllm_runner(resolved, args.max_new_tokens, None, not args.unguided, args.max_num_seqs,
-                                    memory_fraction=memory_fraction, kv_cache_bytes=kv_cache_bytes)
+                                    memory_fraction=memory_fraction, kv_cache_bytes=kv_cache_bytes, engines=k)
     except BaseException as e:  # the parent waits for an answer: give it the reason, not silence
         conn.send(RuntimeError(f"engine failed to start: {type(e).__name__}: {e}"))
         raise
@@ -112,12 +112,12 @@ def replicas_runner(resolved, args, k: int):
     engine's per-request CPU work. On a GPU each gets 1/K of the memory one engine would take."""
     import multiprocessing
 
-    from instag.tagger.backends.vllm_engine import CPU_MEMORY_FRACTION, GPU_MEMORY_FRACTION, on_gpu, shared_kv_bytes
+    from instag.tagger.backends.vllm_engine import GPU_MEMORY_FRACTION, on_gpu, shared_kv_bytes
 
     ctx = multiprocessing.get_context("spawn")
     # A GPU's memory is split between the engines, each with a fixed KV cache (see shared_kv_bytes); on a
-    # CPU each keeps the KV share one engine gets there.
-    share = GPU_MEMORY_FRACTION / k if on_gpu() else CPU_MEMORY_FRACTION
+    # CPU each gets the fixed KV cache of one of k engines (engine_start.cpu_kv_cache_bytes).
+    share = GPU_MEMORY_FRACTION / k if on_gpu() else None
     kv_bytes = shared_kv_bytes(k) if on_gpu() else None
     t0 = time.perf_counter()
     conns, procs = [], []
@@ -134,7 +134,7 @@ def replicas_runner(resolved, args, k: int):
     try:
         for i in range(k):
             parent, child = ctx.Pipe()
-            procs.append(ctx.Process(target=_replica, args=(child, resolved, args, share, kv_bytes)))
+            procs.append(ctx.Process(target=_replica, args=(child, resolved, args, share, kv_bytes, k)))
             procs[-1].start()
             conns.append(parent)
             if i == 0:

@@ -60,9 +60,19 @@ def _setup_logging(verbose: bool) -> None:
                         format="%(levelname)s %(name)s: %(message)s")
 
 
+_verbose = False
+
+
 @app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more.")) -> None:
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more (and a failed engine's whole "
+                                       "output).")) -> None:
+    global _verbose
+    _verbose = verbose
     _setup_logging(verbose)
+
+
+KV_CACHE_HELP = ("vLLM: KV cache size in GiB (default on a CPU: sized from the model, at most a quarter of the "
+                 "free memory; VLLM_CPU_KVCACHE_SPACE wins).")
 
 
 @app.command()
@@ -110,8 +120,10 @@ def tag(
     ray_rows_per_call: Optional[int] = typer.Option(None, min=1, help="--ray: queries per engine call "
                                                                       "(default 1024 vLLM, 4 batches transformers)."),
     ray_cpus: Optional[int] = typer.Option(None, min=1, help="--ray without --ray-address: CPUs of the local Ray."),
+    kv_cache_gib: Optional[float] = typer.Option(None, min=0.01, help=KV_CACHE_HELP),
 ) -> None:
     """Tag every query of INPUT with intent tags; append results to OUTPUT."""
+    from instag.tagger.backends.engine_start import EngineStartError
     from instag.tagger.models import ModelError
     from instag.tagger.run import OPENAI_PREFIX, TagOptions, tag_file
 
@@ -124,7 +136,7 @@ def tag(
                       max_new_tokens=max_new_tokens, max_query_tokens=max_query_tokens, field=field,
                       all_turns=all_turns, skip_bad=skip_bad, concurrency=concurrency, timeout=timeout,
                       max_retries=max_retries, price_in=price_in, price_out=price_out, device=device,
-                      merge_adapter=merge_adapter, limit=limit, progress=not quiet)
+                      merge_adapter=merge_adapter, limit=limit, progress=not quiet, kv_cache_gib=kv_cache_gib)
     run = lambda: tag_file(input, output, opts)  # noqa: E731
     if use_ray:
         if model.startswith(OPENAI_PREFIX):
@@ -146,6 +158,8 @@ def tag(
             raise typer.Exit(e.exit_code)
         except InputError as e:
             _fail(str(e))
+        except EngineStartError as e:
+            _fail(str(e), EXIT_FAILED_QUERIES)
         except (ModelError, ValueError, OSError) as e:
             _fail(f"{type(e).__name__}: {e}")
     _print_tag_summary(summary)
@@ -204,6 +218,7 @@ def run_cmd(
 ) -> None:
     """Tag, normalize, analyze and select in one go into OUT_DIR; steps already done are skipped."""
     from instag.pipeline import run_pipeline
+    from instag.tagger.backends.engine_start import EngineStartError
     from instag.tagger.models import ModelError
     from instag.tagger.run import OPENAI_PREFIX, TagOptions
 
@@ -236,6 +251,8 @@ def run_cmd(
             raise typer.Exit(e.exit_code)
         except InputError as e:
             _fail(str(e))
+        except EngineStartError as e:
+            _fail(str(e), EXIT_FAILED_QUERIES)
         except (ModelError, ValueError, OSError) as e:
             _fail(f"{type(e).__name__}: {e}")
     t = _table(f"instag run -> {out_dir}", ("step", "done", "seconds", "output", "result"), numeric=("seconds",))
@@ -454,10 +471,12 @@ def eval_cmd(
     threshold: float = typer.Option(0.8, help="Cosine threshold for semantic matches."),
     base_url: Optional[str] = typer.Option(None, help="For openai:<name> models."),
     engine: str = typer.Option("auto", help="Local engine: auto, transformers, vllm (as for `instag tag`)."),
+    kv_cache_gib: Optional[float] = typer.Option(None, min=0.01, help=KV_CACHE_HELP),
 ) -> None:
     """Tag the held-out queries (or score saved predictions) and report P/R/F1 against the teacher (exact,
     rule, semantic), per source, over-predicted and missed tags, tags per query."""
     from instag.distill.evaluate import run_eval, score_run
+    from instag.tagger.backends.engine_start import EngineStartError
 
     if (model is None) == (not predictions):
         _fail("give exactly one of --model (tag, then score) and --predictions (score a saved tag file)")
@@ -466,7 +485,10 @@ def eval_cmd(
             m = score_run(predictions, gold, output, threshold=threshold, ceiling=ceiling)
         else:
             m = run_eval(model, gold, output, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                         threshold=threshold, base_url=base_url, ceiling=ceiling, engine=engine)
+                         threshold=threshold, base_url=base_url, ceiling=ceiling, engine=engine,
+                         kv_cache_gib=kv_cache_gib)
+    except EngineStartError as e:
+        _fail(str(e), EXIT_FAILED_QUERIES)
     except (InputError, ValueError, OSError) as e:
         _fail(str(e))
     t = _table(f"instag eval: {m['model']} on {m['gold']} ({m['queries']} queries)",
@@ -492,6 +514,7 @@ def serve(
     merge_adapter: Optional[bool] = typer.Option(None, "--merge-adapter/--lora",
                                                  help="Serve an adapter merged into its base, or as LoRA "
                                                       "(default: merged on CPU, LoRA on GPU)."),
+    kv_cache_gib: Optional[float] = typer.Option(None, min=0.01, help=KV_CACHE_HELP),
 ) -> None:
     """Serve the tagger through vLLM's OpenAI-compatible API as model 'instag-tagger'."""
     from instag.tagger.backends.vllm_engine import vllm_available
@@ -506,7 +529,8 @@ def serve(
 
     try:
         code = run_server(model, host=host, port=port, api_key=key, timeout=timeout, max_model_len=max_model_len,
-                          merge=merge_adapter,
+                          merge=merge_adapter, verbose=_verbose,
+                          kv_cache_bytes=int(kv_cache_gib * (1 << 30)) if kv_cache_gib else None,
                           echo=lambda m: err.print(m, highlight=False, soft_wrap=True))
     except (ModelError, RuntimeError, TimeoutError) as e:
         _fail(str(e))

@@ -390,3 +390,29 @@ def test_shipped_tagger_endpoint_answers_as_instag_tag(tmp_path):
     same = sum(got[k] == want[k] for k in want)
     print(f"endpoint vs instag tag --model local: {same}/{len(want)} identical tag lists")
     assert same >= 0.95 * len(want), [(want[k], got[k]) for k in want if got[k] != want[k]]
+
+
+def test_a_query_longer_than_the_context_is_cut_and_tagged_not_refused(server):
+    """vLLM refuses a prompt longer than its context (400); the endpoint cuts the query as instag tag does
+    and says so in a header and a field that plain clients ignore."""
+    from instag.serve.tagger_api import TRUNCATED_HEADER
+
+    long_query = "Summarize this log and find the error:\n" + "\n".join(
+        f"2026-12-02 13:{i % 60:02d}:00 INFO worker-{i} finished batch {i} in {i * 7 % 97} ms" for i in range(400))
+    headers = {"Authorization": f"Bearer {KEY}"}
+    for path, body in (("chat/completions", {"messages": [{"role": "user", "content": long_query}]}),
+                       ("completions", {"prompt": long_query})):
+        r = httpx.post(f"{server.base_url}/{path}", headers=headers, timeout=120,
+                       json={"model": "instag-tagger", "max_tokens": 32, **body})
+        assert r.status_code == 200, r.text[:500]
+        assert r.headers.get(TRUNCATED_HEADER.decode()) == "1" and r.json()["instag"] == {"query_truncated": True}
+        choice = r.json()["choices"][0]
+        assert (choice["message"]["content"] if "message" in choice else choice["text"]).startswith('["')
+        assert r.json()["usage"]["prompt_tokens"] <= 1024
+    client = openai.OpenAI(base_url=server.base_url, api_key=KEY)  # a plain client reads it as any answer
+    resp = client.chat.completions.create(model="instag-tagger", max_tokens=32,
+                                          messages=[{"role": "user", "content": long_query}])
+    assert resp.choices[0].message.content.startswith('["')
+    short = httpx.post(f"{server.base_url}/chat/completions", headers=headers, timeout=60, json={
+        "model": "instag-tagger", "max_tokens": 8, "messages": [{"role": "user", "content": "Sort a list."}]})
+    assert TRUNCATED_HEADER.decode() not in short.headers and "instag" not in short.json()

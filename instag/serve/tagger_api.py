@@ -20,6 +20,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from instag.tagger.backends import MAX_QUERY_TOKENS, truncate_tokens
 from instag.tagger.backends.vllm_engine import LORA_NAME as SERVED_NAME
 from instag.tagger.prompt import (ANSWER_PREFIX, answer_pattern, build_messages, check_target, render_prompt,
                                   user_prompt)
@@ -28,6 +29,8 @@ RAW_NAME = f"{SERVED_NAME}-raw"
 ENV_TARGET = "INSTAG_SERVE_TARGET"  # the served tagger's answer format, set by instag serve
 ENV_TOKENIZER = "INSTAG_SERVE_TOKENIZER"  # where to load its tokenizer (text completions render the prompt)
 DEFAULT_MAX_TOKENS = 256  # as instag tag
+ENV_MAX_QUERY_TOKENS = "INSTAG_SERVE_MAX_QUERY_TOKENS"  # longer queries are cut, as instag tag cuts them
+TRUNCATED_HEADER = b"x-instag-query-truncated"  # "1" on the response when the query was cut
 _STRUCTURED_KEYS = ("response_format", "structured_outputs", "guided_json", "guided_regex", "guided_choice",
                     "guided_grammar")
 _INSTRUCTIONS_START = user_prompt("", "tags")[:40]  # what instag's own client sends first (either format)
@@ -58,7 +61,9 @@ class TaggerMiddleware:
         self.app = app
         self.target = check_target(os.environ.get(ENV_TARGET, "tags+explanations"))
         self.prefix = ANSWER_PREFIX[self.target]
+        self.max_query_tokens = int(os.environ.get(ENV_MAX_QUERY_TOKENS, MAX_QUERY_TOKENS))
         self._tokenizer = None
+        self.truncated = False  # set by rewrite(): whether the last query it rewrote was cut
 
     @property
     def tokenizer(self):  # noqa: ANN201
@@ -68,8 +73,19 @@ class TaggerMiddleware:
             self._tokenizer = AutoTokenizer.from_pretrained(os.environ[ENV_TOKENIZER])
         return self._tokenizer
 
+    def _cut(self, query: str) -> str:
+        """The query as `instag tag` tags it: cut to ``max_query_tokens`` tokens (sets :attr:`truncated`),
+        where vLLM would refuse the whole request as longer than the model's context."""
+        if len(query.encode()) <= self.max_query_tokens:  # a byte-level BPE token holds at least one byte
+            return query
+        text, cut = truncate_tokens(self.tokenizer, [query], self.max_query_tokens)[0]
+        self.truncated = self.truncated or cut
+        return text
+
     def rewrite(self, path: str, req: dict) -> tuple[dict, bool] | None:
-        """The request to pass on and whether its answers need the prefix back; None: leave it alone."""
+        """The request to pass on and whether its answers need the prefix back; None: leave it alone.
+        :attr:`truncated` then says whether a query was cut."""
+        self.truncated = False
         model = req.get("model")
         if model == RAW_NAME:
             return {**req, "model": SERVED_NAME}, False
@@ -83,7 +99,8 @@ class TaggerMiddleware:
             queries = [_text(m.get("content")) for m in messages if isinstance(m, dict) and m.get("role") == "user"]
             if not queries:
                 return None
-            out["messages"] = build_messages(queries[-1], self.target) + [{"role": "assistant", "content": self.prefix}]
+            out["messages"] = build_messages(self._cut(queries[-1]), self.target) + [
+                {"role": "assistant", "content": self.prefix}]
             out.update(add_generation_prompt=False, continue_final_message=True)
         else:
             prompt = req.get("prompt")
@@ -103,7 +120,7 @@ class TaggerMiddleware:
     def _render(self, query: str) -> str:
         if query.startswith(_INSTRUCTIONS_START):
             raise _PassThrough
-        return render_prompt(self.tokenizer, query, self.target)
+        return render_prompt(self.tokenizer, self._cut(query), self.target)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") != "POST" or not scope["path"].endswith(
@@ -119,6 +136,7 @@ class TaggerMiddleware:
             rewritten = self.rewrite(scope["path"], req) if isinstance(req, dict) else None
         except (ValueError, _PassThrough):
             rewritten = None
+        truncated = rewritten is not None and self.truncated
         if rewritten is not None:
             req, restore = rewritten
             body = json.dumps(req).encode()
@@ -136,9 +154,11 @@ class TaggerMiddleware:
         if rewritten is None or not restore:
             return await self.app(scope, replay, send)
         chat = scope["path"].endswith("/chat/completions")
+        if truncated:
+            send = _TruncationNote(send)
         if req.get("stream"):
             return await self.app(scope, replay, _StreamPrefixer(send, self.prefix, chat))
-        return await self.app(scope, replay, _BodyPrefixer(send, self.prefix, chat))
+        return await self.app(scope, replay, _BodyPrefixer(send, self.prefix, chat, truncated))
 
 
 class _PassThrough(Exception):
@@ -154,11 +174,24 @@ def _prefix_choice(choice: dict, prefix: str, chat: bool) -> None:
         choice["text"] = prefix + choice["text"]
 
 
-class _BodyPrefixer:
-    """A whole JSON response: each choice's answer gets the prefix back (and the length its new size)."""
+class _TruncationNote:
+    """Adds the :data:`TRUNCATED_HEADER` to the response: the query was cut to fit, as instag tag cuts."""
 
-    def __init__(self, send: Send, prefix: str, chat: bool):
-        self.send, self.prefix, self.chat = send, prefix, chat
+    def __init__(self, send: Send):
+        self.send = send
+
+    async def __call__(self, msg: Message) -> None:
+        if msg["type"] == "http.response.start":
+            msg = {**msg, "headers": list(msg.get("headers", [])) + [(TRUNCATED_HEADER, b"1")]}
+        await self.send(msg)
+
+
+class _BodyPrefixer:
+    """A whole JSON response: each choice's answer gets the prefix back (and the length its new size); a
+    cut query adds ``"instag": {"query_truncated": true}``, a field plain clients ignore."""
+
+    def __init__(self, send: Send, prefix: str, chat: bool, truncated: bool = False):
+        self.send, self.prefix, self.chat, self.truncated = send, prefix, chat, truncated
         self.start: Message | None = None
         self.body = b""
 
@@ -177,6 +210,8 @@ class _BodyPrefixer:
                 payload = json.loads(body)
                 for choice in payload.get("choices", []):
                     _prefix_choice(choice, self.prefix, self.chat)
+                if self.truncated:
+                    payload["instag"] = {"query_truncated": True}
                 body = json.dumps(payload).encode()
             except (ValueError, AttributeError):
                 pass  # not the JSON we know: pass it on as it is

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from instag.io import (JsonlAppender, Query, ReadStats, iter_tag_records, latest_by_id, read_queries, repair_tail,
                        tag_shards)
-from instag.tagger.backends import Generation
+from instag.tagger.backends import MAX_QUERY_TOKENS, Generation
 from instag.tagger.parse import STATUS_EMPTY, STATUS_ERROR, STATUS_OK, STATUS_UNPARSED, parse_tags
 from instag.tagger.prompt import check_target
 
@@ -41,7 +41,7 @@ class TagOptions:
     api_key: str | None = None
     batch_size: int = 8
     max_new_tokens: int = 256
-    max_query_tokens: int = 1024
+    max_query_tokens: int = MAX_QUERY_TOKENS
     field: str | None = None
     all_turns: bool = False
     skip_bad: bool = False
@@ -55,6 +55,7 @@ class TagOptions:
     merge_adapter: bool | None = None  # vLLM: adapter merged into its base (None: on CPU only)
     threads: int | None = None  # CPU engines: threads (None: every core; Ray workers get their share)
     memory_fraction: float | None = None  # vLLM: share of GPU memory (None: its default; lower for engines per GPU)
+    kv_cache_gib: float | None = None  # vLLM: the KV cache's size (None: on a CPU, sized from the model)
     engines: int = 1  # vLLM engines sharing this machine's GPU or memory (Ray workers): fixed KV caches
     limit: int | None = None
     progress: bool = True
@@ -139,12 +140,21 @@ def make_backend(opts: TagOptions, pending: int | None = None):
     resolved = resolve(opts.model)
     engine = pick_engine(opts.engine, pending)
     if engine == "vllm":
+        from instag.tagger.backends.engine_start import EngineStartError
         from instag.tagger.backends.vllm_engine import VLLMBackend
 
-        kw = {} if opts.memory_fraction is None else {"memory_fraction": opts.memory_fraction}
-        return VLLMBackend(resolved, max_new_tokens=opts.max_new_tokens, guided=opts.guided is not False,
-                           merge=opts.merge_adapter, threads=opts.threads,
-                           engines=opts.engines, **kw)
+        kw: dict[str, Any] = {} if opts.memory_fraction is None else {"memory_fraction": opts.memory_fraction}
+        if opts.kv_cache_gib:
+            kw["kv_cache_bytes"] = int(opts.kv_cache_gib * (1 << 30))
+        try:
+            return VLLMBackend(resolved, max_new_tokens=opts.max_new_tokens, guided=opts.guided is not False,
+                               merge=opts.merge_adapter, threads=opts.threads,
+                               engines=opts.engines, **kw)
+        except EngineStartError as e:
+            if opts.engine != "auto":
+                raise
+            # auto chose vLLM for speed; transformers tags the same queries, slower, on any machine.
+            log.warning("%s; tagging with transformers instead", e)
     from instag.tagger.backends.hf import HFBackend
 
     return HFBackend(resolved, max_new_tokens=opts.max_new_tokens, device=opts.device, threads=opts.threads)

@@ -15,6 +15,10 @@ class Generation:
     error: str | None = None
 
 
+# Queries longer than this many tokens are cut before tagging (instag tag's --max-query-tokens, the endpoint).
+MAX_QUERY_TOKENS = 1024
+
+
 def truncate_tokens(tokenizer, queries: list[str], max_tokens: int) -> list[tuple[str, bool]]:  # noqa: ANN001
     """Cut each query to ``max_tokens`` tokens of ``tokenizer``: a list of (text, whether it was cut).
 

@@ -24,6 +24,8 @@ from unittest import mock
 
 from instag.procs import Watchdog
 from instag.tagger.backends import Generation, truncate_tokens
+from instag.tagger.backends.engine_start import (EngineStartError, StartupLog, cpu_kv_cache_bytes, failure_cause,
+                                                 fix_hint)
 from instag.tagger.models import ResolvedModel, merge_adapter, tokenizer_source
 from instag.tagger.prompt import ANSWER_PREFIX, answer_pattern, render_prompt
 
@@ -41,8 +43,9 @@ CPU_MAX_NUM_SEQS = 64
 # take. GPUs keep vLLM's 16. Numbers: docs/benchmarks.md.
 CPU_BLOCK_SIZE = 32
 GPU_MEMORY_FRACTION = 0.85  # vLLM's default share of GPU memory
-# On the CPU backend the share of host memory reserved for the KV cache. 0.15 of 24 GiB holds about 75K
-# tokens of SmolLM2-135M's KV cache: plenty for a tagger.
+# On the CPU backend vLLM reserves this share of the memory node, and it applies only where the KV cache
+# has no fixed size: instag gives it one (engine_start.cpu_kv_cache_bytes), since a share of a small node
+# (an 8 GB laptop) left the engine no room at all.
 CPU_MEMORY_FRACTION = 0.15
 # A GPU engine's memory outside its KV cache (weights, activations, CUDA graphs), SmolLM2-135M on an H200.
 GPU_ENGINE_RESERVE = 3 << 30
@@ -104,27 +107,26 @@ def engine_env(threads: int | None = None) -> dict[str, str]:
 
 
 def shared_kv_bytes(engines: int) -> int:
-    """KV-cache bytes for one of ``engines`` vLLM engines sharing this machine's GPU (or, without one,
-    its memory): fixed sizes, since engines that measure free memory side by side count each other's
-    (negative KV caches on an H200) or, on a CPU, each reserve a share meant for one engine."""
-    if on_gpu():
-        import torch
+    """KV-cache bytes for one of ``engines`` vLLM engines sharing this machine's GPU: fixed sizes, since
+    engines that measure free memory side by side count each other's (negative KV caches on an H200).
+    (CPU engines always get a fixed size: :func:`engine_kwargs`.)"""
+    import torch
 
-        total = torch.cuda.get_device_properties(0).total_memory
-        return int(GPU_MEMORY_FRACTION / engines * total) - GPU_ENGINE_RESERVE
-    import psutil
-
-    return int(CPU_MEMORY_FRACTION / engines * psutil.virtual_memory().total)
+    total = torch.cuda.get_device_properties(0).total_memory
+    return int(GPU_MEMORY_FRACTION / engines * total) - GPU_ENGINE_RESERVE
 
 
 def engine_kwargs(resolved: ResolvedModel, *, dtype: str = "auto", max_model_len: int = 2048,
                   memory_fraction: float | None = None, enforce_eager: bool | None = None,
                   max_num_seqs: int | None = None, kv_cache_bytes: int | None = None,
-                  seed: int = 0) -> dict[str, Any]:
+                  seed: int = 0, engines: int = 1) -> dict[str, Any]:
     """Arguments for ``vllm.LLM`` (and, as flags, for ``vllm serve``) for a resolved model.
 
     ``kv_cache_bytes`` fixes the KV cache's size instead of measuring free memory: engines that start
-    side by side on one GPU would each count the others' memory as their own (negative KV on an H200)."""
+    side by side on one GPU would each count the others' memory as their own (negative KV on an H200).
+    On a CPU it is always fixed (:func:`~instag.tagger.backends.engine_start.cpu_kv_cache_bytes`, for one
+    of ``engines`` engines on this machine) unless the user set ``VLLM_CPU_KVCACHE_SPACE`` or asked for
+    a ``memory_fraction``."""
     gpu = on_gpu()
     if dtype == "auto":
         # CPUs without AVX-512 BF16 emulate bf16 (slow, and it degraded SmolLM2's answers here): float32.
@@ -143,6 +145,8 @@ def engine_kwargs(resolved: ResolvedModel, *, dtype: str = "auto", max_model_len
         kw["block_size"] = CPU_BLOCK_SIZE
         if max_num_seqs is None:
             max_num_seqs = CPU_MAX_NUM_SEQS
+        if not kv_cache_bytes and memory_fraction is None:
+            kv_cache_bytes = cpu_kv_cache_bytes(resolved.base, dtype, max_model_len, max_num_seqs, engines)
     if kv_cache_bytes:
         kw["kv_cache_memory_bytes"] = kv_cache_bytes
     if max_num_seqs:  # sequences in flight per step (on a GPU vLLM picks a default per device)
@@ -159,7 +163,8 @@ class VLLMBackend:
     (what ``instag tag`` uses); :meth:`generate` answers one list at once."""
 
     def __init__(self, resolved: ResolvedModel, *, max_new_tokens: int = 256, guided: bool = True,
-                 merge: bool | None = None, threads: int | None = None, engines: int = 1, **engine_kw: Any):
+                 merge: bool | None = None, threads: int | None = None, engines: int = 1, verbose: bool | None = None,
+                 **engine_kw: Any):
         from vllm import LLM
 
         self.resolved = resolved  # records carry its name, merged or not
@@ -167,16 +172,23 @@ class VLLMBackend:
         self.target = resolved.target
         self.max_new_tokens = max_new_tokens
         self.guided = guided
-        if engines > 1 and not engine_kw.get("kv_cache_bytes"):  # one of several engines on this machine
+        if engines > 1 and not engine_kw.get("kv_cache_bytes") and on_gpu():  # engines sharing one GPU
             engine_kw["kv_cache_bytes"] = shared_kv_bytes(engines)
         # vLLM's engine runs in processes of its own (EngineCore and its worker), which survive this one
         # if it is killed; the watchdog stops them then. Started first, it also covers the engine's start.
         self.watchdog = Watchdog()
+        # The engine's start-up output is held back and shown once it is up, or, when it fails, only with
+        # --verbose (INFO logging): the error then names the cause in one line.
+        startup = StartupLog(echo_on_error=log.isEnabledFor(logging.INFO) if verbose is None else verbose)
         try:
-            with mock.patch.dict(os.environ, engine_env(threads)):  # the engine's process inherits it
-                self.llm = LLM(**engine_kwargs(resolved, **engine_kw))
+            with startup, mock.patch.dict(os.environ, engine_env(threads)):  # the engine's process inherits it
+                self.llm = LLM(**engine_kwargs(resolved, engines=engines, **engine_kw))
+        except Exception as e:
+            self.watchdog.stop(reap=True)  # what a failed start left running
+            cause = failure_cause(startup.text, e)
+            raise EngineStartError(f"the vLLM engine did not start: {cause}; {fix_hint(cause)}", startup.text) from e
         except BaseException:
-            self.watchdog.stop(reap=True)  # what a failed or interrupted start left running
+            self.watchdog.stop(reap=True)  # an interrupted start
             raise
         self.tokenizer = self.llm.get_tokenizer()
         self.lora = None
