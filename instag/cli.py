@@ -526,12 +526,15 @@ def serve(
     if api_key_env and key is None:
         _fail(f"${api_key_env} is not set")
     from instag.serve.server import serve as run_server
+    from instag.tagger.backends.engine_start import EngineStartError
 
     try:
         code = run_server(model, host=host, port=port, api_key=key, timeout=timeout, max_model_len=max_model_len,
                           merge=merge_adapter, verbose=_verbose,
                           kv_cache_bytes=int(kv_cache_gib * (1 << 30)) if kv_cache_gib else None,
                           echo=lambda m: err.print(m, highlight=False, soft_wrap=True))
+    except EngineStartError as e:
+        _fail(str(e), EXIT_FAILED_QUERIES)
     except (ModelError, RuntimeError, TimeoutError) as e:
         _fail(str(e))
     raise typer.Exit(code or 0)
