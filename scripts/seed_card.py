@@ -40,7 +40,8 @@ from instag.select.normalize import rule_aggregate, rule_key  # noqa: E402
 
 SEED = REPO / "data" / "seed"
 V1_LINES = 1500
-SPLITS = ("train", "held_out", "held_out_sharegpt")
+V2_LINES = 4440  # lines 1,501-4,440 are seed v2; seed v3 follows
+SPLITS = ("train", "held_out", "held_out_sharegpt", "held_out_long_multilingual")
 TOP_IN_TABLE = 4
 TOP_OVERALL = 15
 RULE_GROUPS = 15
@@ -107,7 +108,8 @@ def overall(parts: dict[str, list[dict]]) -> list[str]:
 
 
 def section(rows: list[dict], queries: list[dict]) -> str:
-    v1, v2 = rows[:V1_LINES], rows[V1_LINES:]
+    v1, v2, v3 = rows[:V1_LINES], rows[V1_LINES:V2_LINES], rows[V2_LINES:]
+    sampled_kind = Counter(q["kind"] for q in queries if q.get("kind"))
     sampled_source = Counter(q["source"] for q in queries)
     sampled_split = Counter(q["split"] for q in queries)
     sampled_family = Counter(q["family"] for q in queries if q.get("family"))
@@ -121,9 +123,11 @@ def section(rows: list[dict], queries: list[dict]) -> str:
         *group_table("source", "source", sorted(sampled_source), rows, sampled_source),
         *group_table("split", "split", [s for s in SPLITS if sampled_split[s]], rows, sampled_split),
         *group_table("family (seed v2 family draw, all train)", "family", families, rows, sampled_family),
-        *overall({"v1 (lines 1-1,500)": v1, f"v2 (lines 1,501-{len(rows):,})": v2, "v1 + v2": rows}),
+        *group_table("kind (seed v3 draw: length and language)", "kind", sorted(sampled_kind), rows, sampled_kind),
+        *overall({"v1 (lines 1-1,500)": v1, f"v2 (lines 1,501-{V2_LINES:,})": v2,
+                  f"v3 (lines {V2_LINES + 1:,}-{len(rows):,})": v3, "all": rows}),
     ]
-    parts = {"v1": v1, "v2": v2, "v1 + v2": rows}
+    parts = {"v1": v1, "v2": v2, "v3": v3, "all": rows}
     freqs = {name: dataset_stats(name, [r["tags"] for r in part])[1] for name, part in parts.items()}
     lines += ["**Tags named in the known weaknesses**: queries carrying them, and their share of the part.", "",
               "| tag | " + " | ".join(parts) + " |", "|---|" + "---|" * len(parts)]
@@ -134,10 +138,10 @@ def section(rows: list[dict], queries: list[dict]) -> str:
     freq = dataset_stats("all", [r["tags"] for r in rows])[1]
     v1_tags = set(dataset_stats("v1", [r["tags"] for r in v1])[1])
     groups = rule_groups(freq)
-    lines += [f"**Spellings that rule aggregation merges** (v1 + v2): {len(groups)} groups; the {RULE_GROUPS} "
-              "largest, queries per spelling, *new in v2* marks spellings v1 never used:", ""]
+    lines += [f"**Spellings that rule aggregation merges** (all): {len(groups)} groups; the {RULE_GROUPS} "
+              "largest, queries per spelling, *new* marks spellings v1 never used:", ""]
     for head, members in groups[:RULE_GROUPS]:
-        spelled = ", ".join(f"`{t}` ({freq[t]}{'' if t in v1_tags else ', new in v2'})" for t in members)
+        spelled = ", ".join(f"`{t}` ({freq[t]}{'' if t in v1_tags else ', new'})" for t in members)
         lines.append(f"- {spelled}")
     apart = split_spellings(freq)
     lines += ["", f"**Spellings rule aggregation keeps apart** although they are the same letters without spaces and "
@@ -154,7 +158,7 @@ def main() -> int:
                if line.strip()]
     tag_file = load_tag_file(SEED / "seed_tags.jsonl")
     by_id = {tag_file.records[i]["id"]: tag_file.records[i] for i in tag_file.usable}
-    rows = [{"source": q["source"], "split": q["split"], "family": q.get("family"),
+    rows = [{"source": q["source"], "split": q["split"], "family": q.get("family"), "kind": q.get("kind"),
              "tags": tag_strings(by_id[q["id"]])} for q in queries if q["id"] in by_id]
     if len(rows) != len(queries):
         print(f"note: {len(queries) - len(rows)} of {len(queries)} queries have no usable tags; the v1/v2 cut "
