@@ -12,7 +12,8 @@ of the two; ``vllm-xK`` = K ``vllm`` engines side by side on one device, each in
 queries instead of --n, reusing a started engine: ``hf1@32,vllm,vllm@16384``; ``vllm-xK/U`` runs on the
 first U of K started engines (``vllm-x8/1,vllm-x8/2,vllm-x8/8``: one start, three scales); a ``~u``
 suffix runs a vllm row unguided on the same engines (``vllm~u``: the prompt is the same, only the
-grammar goes), and ``vllm-server~p`` sends the same server plain chat requests, the query alone, as any
+grammar goes), ``~c`` runs an hfN or vllm row without tag confidences (no logprobs: what they cost), and
+``vllm-server~p`` sends the same server plain chat requests, the query alone, as any
 OpenAI client does (the server adds the tagger's prompt). On a GPU each row also records the GPU's utilization (nvidia-smi). Engine start-up is timed
 apart, not counted in queries/s. Each of the --repeats runs tags different queries (the same ones for
 every engine), so that vLLM's prefix cache cannot serve a whole prompt from an earlier run (a later row on
@@ -64,7 +65,8 @@ def hf_runner(resolved, batch_size: int, max_new_tokens: int):
     backend = HFBackend(resolved, max_new_tokens=max_new_tokens)
     start = time.perf_counter() - t0
 
-    def run(queries, guided=None):  # noqa: ARG001 (no guided decoding in transformers)
+    def run(queries, guided=None, confidence=True):  # noqa: ARG001 (no guided decoding in transformers)
+        backend.confidence = confidence
         order = sorted(range(len(queries)), key=lambda i: len(queries[i]))  # `instag tag`'s length-sorted batches
         gens = [None] * len(queries)
         for b in range(0, len(order), batch_size):
@@ -85,8 +87,9 @@ def vllm_runner(resolved, max_new_tokens: int, merge: bool | None, guided: bool 
                           max_num_seqs=max_num_seqs, **engine_kw)
     default_guided = guided
 
-    def run(queries, guided=None):  # the path `instag tag` takes: the whole input streamed through the engine
+    def run(queries, guided=None, confidence=True):  # the path `instag tag` takes: the input streamed through
         backend.guided = guided if guided is not None else default_guided  # same prompt either way
+        backend.confidence = confidence  # ~c: no logprobs, no tag confidences
         return [gen for _, gen in sorted(backend.stream(enumerate(queries)), key=lambda item: item[0])]
 
     return run, time.perf_counter() - t0, backend.close
@@ -217,9 +220,11 @@ WARMUP = 4  # queries run once after an engine starts, apart from the measured o
 def parse_spec(text: str, default_n: int) -> dict:
     """``ENGINE[/USE][~u|~p][@N]`` -> the engine to start, the run's options, the query count."""
     name, _, n = text.partition("@")
-    kind, suffix = (name[:-2], name[-2:]) if name[-2:] in ("~u", "~p") else (name, "")
+    kind, suffix = (name[:-2], name[-2:]) if name[-2:] in ("~u", "~p", "~c") else (name, "")
     kind, _, use = kind.partition("/")
-    run: dict = {"~u": {"guided": False}, "~p": {"plain": True}, "": {}}[suffix]
+    run: dict = {"~u": {"guided": False}, "~p": {"plain": True}, "~c": {"confidence": False}, "": {}}[suffix]
+    if suffix == "~c" and not (kind.startswith("hf") or kind in ("vllm", "vllm-lora", "vllm-merged")):
+        raise SystemExit(f"{text}: ~c (no confidences) is for hfN and vllm rows")
     if suffix == "~p" and kind != "vllm-server":
         raise SystemExit(f"{text}: ~p (plain client) is for vllm-server")
     if use:

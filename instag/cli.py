@@ -71,6 +71,8 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more 
     _setup_logging(verbose)
 
 
+MIN_TAG_CONFIDENCE_HELP = ("Leave out of normalized_tags the tags whose confidence is below this (the tagger's "
+                           "probability of the tag; the records keep them, the map counts them as dropped).")
 KV_CACHE_HELP = ("vLLM: KV cache size in GiB (default on a CPU: sized from the model, at most a quarter of the "
                  "free memory; VLLM_CPU_KVCACHE_SPACE wins).")
 
@@ -121,6 +123,8 @@ def tag(
                                                                       "(default 1024 vLLM, 4 batches transformers)."),
     ray_cpus: Optional[int] = typer.Option(None, min=1, help="--ray without --ray-address: CPUs of the local Ray."),
     kv_cache_gib: Optional[float] = typer.Option(None, min=0.01, help=KV_CACHE_HELP),
+    confidence: bool = typer.Option(True, "--confidence/--no-confidence", help="Local engines: each tag's "
+                                    "probability under the model, in its record (docs/design.md)."),
 ) -> None:
     """Tag every query of INPUT with intent tags; append results to OUTPUT."""
     from instag.tagger.backends.engine_start import EngineStartError
@@ -136,7 +140,8 @@ def tag(
                       max_new_tokens=max_new_tokens, max_query_tokens=max_query_tokens, field=field,
                       all_turns=all_turns, skip_bad=skip_bad, concurrency=concurrency, timeout=timeout,
                       max_retries=max_retries, price_in=price_in, price_out=price_out, device=device,
-                      merge_adapter=merge_adapter, limit=limit, progress=not quiet, kv_cache_gib=kv_cache_gib)
+                      merge_adapter=merge_adapter, limit=limit, progress=not quiet, kv_cache_gib=kv_cache_gib,
+                      confidence=confidence)
     run = lambda: tag_file(input, output, opts)  # noqa: E731
     if use_ray:
         if model.startswith(OPENAI_PREFIX):
@@ -215,9 +220,11 @@ def run_cmd(
     strategy: str = typer.Option("complexity", help="Selection: complexity (InsTag), diverse, or random."),
     seed: int = typer.Option(0, help="Seed for tie-breaks and baselines."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    min_tag_confidence: Optional[float] = typer.Option(None, min=0.0, max=1.0, help=MIN_TAG_CONFIDENCE_HELP),
 ) -> None:
     """Tag, normalize, analyze and select in one go into OUT_DIR; steps already done are skipped."""
     from instag.pipeline import run_pipeline
+    from instag.select.normalize import NormalizeParams
     from instag.tagger.backends.engine_start import EngineStartError
     from instag.tagger.models import ModelError
     from instag.tagger.run import OPENAI_PREFIX, TagOptions
@@ -246,7 +253,7 @@ def run_cmd(
     with raising_on(signal.SIGTERM, signal.SIGHUP) as caught:  # as in `instag tag`
         try:
             res = run_pipeline(input, out_dir, opts, n=n, strategy=strategy, seed=seed, on_step=on_step,
-                               on_done=on_done)
+                               on_done=on_done, params=NormalizeParams(min_tag_confidence=min_tag_confidence))
         except Terminated as e:
             raise typer.Exit(e.exit_code)
         except InputError as e:
@@ -297,9 +304,11 @@ def normalize_cmd(
     eps: float = typer.Option(0.1, help="DBSCAN cosine-distance radius for semantic aggregation."),
     min_samples: int = typer.Option(2, min=1, help="DBSCAN min_samples."),
     min_support: int = typer.Option(40, min=1, help="FP-Growth minimum support, in queries."),
-    min_confidence: float = typer.Option(0.99, min=0.0, max=1.0, help="Association rule confidence."),
+    min_confidence: float = typer.Option(0.99, min=0.0, max=1.0, help="Association rule confidence (of a rule, "
+                                         "not of a tag: see --min-tag-confidence)."),
     embed_model: str = typer.Option("all-MiniLM-L6-v2", help="sentence-transformers model for tag embeddings."),
     steps: str = typer.Option("frequency,rule,semantic,association", help="Steps to run, in order."),
+    min_tag_confidence: Optional[float] = typer.Option(None, min=0.0, max=1.0, help=MIN_TAG_CONFIDENCE_HELP),
 ) -> None:
     """Normalize tags: frequency filter, rule, semantic and association aggregation."""
     from instag.select.normalize import NormalizeParams
@@ -307,7 +316,8 @@ def normalize_cmd(
 
     params = NormalizeParams(min_freq=min_freq, eps=eps, min_samples=min_samples, min_support=min_support,
                              min_confidence=min_confidence, embed_model=embed_model,
-                             steps=tuple(x.strip() for x in steps.split(",") if x.strip()))
+                             steps=tuple(x.strip() for x in steps.split(",") if x.strip()),
+                             min_tag_confidence=min_tag_confidence)
     with err.status("normalizing") as status:
         try:
             res = normalize_file(input, output, map_path, params, apply_map=apply_map,

@@ -69,3 +69,22 @@ def alpaca_file(tmp_path) -> Path:
     rows = [{"instruction": f"Write a short poem about the number {i}.", "input": "" if i % 2 else "Use rhymes.",
              "source": "poems"} for i in range(12)]
     return write_jsonl(tmp_path / "alpaca.jsonl", rows)
+
+
+def split_confidences(rec: dict) -> tuple[dict, list]:
+    """(the record without its tags' confidences, the confidences): engines with other thread counts or
+    batches agree on tags exactly, on probabilities only to float tolerance."""
+    tags = [{k: v for k, v in t.items() if k != "confidence"} for t in rec.get("tags") or []]
+    return {**rec, "tags": tags}, [t.get("confidence") for t in rec.get("tags") or []]
+
+
+def assert_same_records(got: dict[str, dict], want: dict[str, dict], tol: float = 2e-3) -> None:
+    """The same records by id, confidences within ``tol`` (or absent in both: a tag not written as a
+    closed JSON string, which only a random model does)."""
+    assert got.keys() == want.keys()
+    for k in want:
+        g, gc = split_confidences(got[k])
+        w, wc = split_confidences(want[k])
+        assert g == w, (k, g, w)
+        assert all((a is None and b is None) or (a is not None and b is not None and abs(a - b) <= tol)
+                   for a, b in zip(gc, wc)), (k, gc, wc)

@@ -9,6 +9,10 @@ Precision, recall and F1 are micro-averaged over all (query, tag) pairs at three
   puts "python programming" / "programming in python" at 0.98 and "math" / "mathematics" at 0.91, and
   "creative writing" / "story writing" at 0.78, below it).
 Within a query, each predicted tag matches at most one gold tag and vice versa at every level.
+
+When predicted tags carry a confidence, each metrics section also has ``calibration``
+(:mod:`instag.distill.calibration`): reliability bins, ECE and a precision/recall curve over confidence
+thresholds, judged with the same semantic matching.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from instag.select.normalize import EmbedFn, rule_key, unit_rows
-
-SEMANTIC_THRESHOLD = 0.8
+from instag.distill.calibration import TagOutcomes, calibration_metrics, tag_outcomes, write_plots
+from instag.distill.matching import SEMANTIC_THRESHOLD, semantic_pairs, tag_vectors
+from instag.distill.matching import dedupe as _dedupe
+from instag.select.normalize import EmbedFn, rule_key
 
 
 @dataclass
@@ -52,10 +57,6 @@ class PRF:
                 "n_pred": self.n_pred, "n_gold": self.n_gold}
 
 
-def _dedupe(tags: Sequence[str], key: Callable[[str], str]) -> list[str]:
-    return list(dict.fromkeys(key(t) for t in tags if t.strip()))
-
-
 def match_by_key(pred: Sequence[str], gold: Sequence[str], key: Callable[[str], str]) -> int:
     """Matches when tags are compared by ``key`` (one-to-one: keys de-duplicated within a side)."""
     return len(set(_dedupe(pred, key)) & set(_dedupe(gold, key)))
@@ -63,32 +64,16 @@ def match_by_key(pred: Sequence[str], gold: Sequence[str], key: Callable[[str], 
 
 def match_semantic(pred: Sequence[str], gold: Sequence[str], vec: dict[str, np.ndarray],
                    threshold: float = SEMANTIC_THRESHOLD) -> int:
-    """Greedy one-to-one matching by descending cosine similarity >= threshold."""
-    pred, gold = _dedupe(pred, str.strip), _dedupe(gold, str.strip)
-    if not pred or not gold:
-        return 0
-    sims = np.array([[float(vec[p] @ vec[g]) for g in gold] for p in pred])
-    pairs = sorted(((sims[i, j], i, j) for i in range(len(pred)) for j in range(len(gold))), reverse=True)
-    used_p, used_g, n = set(), set(), 0
-    for s, i, j in pairs:
-        if s < threshold:
-            break
-        if i not in used_p and j not in used_g:
-            used_p.add(i)
-            used_g.add(j)
-            n += 1
-    return n
+    """Greedy one-to-one matching by descending cosine similarity >= threshold: the number of
+    :func:`~instag.distill.matching.semantic_pairs` (which says which tags matched)."""
+    return len(semantic_pairs(pred, gold, vec, threshold))
 
 
 def score(preds: Sequence[Sequence[str]], golds: Sequence[Sequence[str]], embed: EmbedFn | None,
           threshold: float = SEMANTIC_THRESHOLD) -> dict[str, PRF]:
     """Micro P/R/F1 at the three levels for aligned lists of predicted and gold tag lists."""
     levels = {"exact": PRF(), "rule": PRF(), "semantic": PRF()}
-    vec: dict[str, np.ndarray] = {}
-    if embed is not None:
-        vocab = sorted({t.strip() for tags in list(preds) + list(golds) for t in tags if t.strip()})
-        if vocab:
-            vec = dict(zip(vocab, unit_rows(embed(vocab))))
+    vec = tag_vectors(list(preds) + list(golds), embed) if embed is not None else {}
     for pred, gold in zip(preds, golds):
         for name, key in (("exact", str.strip), ("rule", rule_key), ("semantic", str.strip)):
             prf = levels[name]
@@ -122,9 +107,10 @@ def _memo_embedder(embed: EmbedFn | None, frame: pd.DataFrame) -> EmbedFn | None
 
 def load_pairs(pred_files: Path | Sequence[Path], gold_files: Path | Sequence[Path]) -> pd.DataFrame:
     """One row per usable gold record: gold file, id, source, prediction status (``ok``, ``unparsed``,
-    ``empty``, ``error`` or ``missing``), predicted and gold tags (raw strings; [] unless status is ok).
+    ``empty``, ``error`` or ``missing``), predicted and gold tags (raw strings; [] unless status is ok),
+    and ``pred_conf``, the predicted tags' confidences (None where unknown).
     Predictions from several files are matched by id, a later file winning."""
-    from instag.select.data import load_tag_file, tag_strings
+    from instag.select.data import load_tag_file, tag_confidences, tag_strings
 
     pred = {str(r["id"]): r for f in _as_list(pred_files) for r in load_tag_file(f).records}
     rows = []
@@ -137,8 +123,9 @@ def load_pairs(pred_files: Path | Sequence[Path], gold_files: Path | Sequence[Pa
             rows.append({"gold_file": str(gf), "id": str(g["id"]), "source": g.get("source") or NO_SOURCE,
                          "status": status, "model": None if p is None else p.get("model"),
                          "gold": tag_strings(g, normalized=False),
-                         "pred": tag_strings(p, normalized=False) if status == "ok" else []})
-    return pd.DataFrame(rows, columns=["gold_file", "id", "source", "status", "model", "gold", "pred"])
+                         "pred": tag_strings(p, normalized=False) if status == "ok" else [],
+                         "pred_conf": tag_confidences(p) if status == "ok" else []})
+    return pd.DataFrame(rows, columns=["gold_file", "id", "source", "status", "model", "gold", "pred", "pred_conf"])
 
 
 def tags_per_query(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
@@ -203,10 +190,17 @@ def _basic(frame: pd.DataFrame, embed: EmbedFn | None, threshold: float) -> dict
 
 def section_metrics(frame: pd.DataFrame, embed: EmbedFn | None, threshold: float = SEMANTIC_THRESHOLD,
                     top: int = TOP_TAGS) -> dict[str, Any]:
-    """Metrics for a set of pairs: overall, per gold ``source``, and the over-predicted / missed tags."""
+    """Metrics for a set of pairs: overall, per gold ``source``, and the over-predicted / missed tags;
+    ``calibration`` (:mod:`instag.distill.calibration`) when a predicted tag has a confidence."""
     out = _basic(frame, embed, threshold)
     out["by_source"] = {str(src): _basic(g, embed, threshold) for src, g in frame.groupby("source", sort=True)}
-    out["tags"] = tag_errors(frame[frame["status"] != "missing"], top)
+    scored = frame[frame["status"] != "missing"]
+    out["tags"] = tag_errors(scored, top)
+    if "pred_conf" in scored:
+        cal = calibration_metrics(list(scored["pred"]), list(scored["pred_conf"]), list(scored["gold"]), embed,
+                                  threshold)
+        if cal is not None:
+            out["calibration"] = cal
     return out
 
 
@@ -224,6 +218,37 @@ def evaluate_predictions(pred_file: Path | Sequence[Path], gold_file: Path | Seq
         out["gold_files"] = [dict(gold=str(g), **section_metrics(frame[frame["gold_file"] == str(g)], embed,
                                                                  threshold, top)) for g in golds]
     return out
+
+
+def calibration_outcomes(pred_files: Path | Sequence[Path], gold_files: Path | Sequence[Path],
+                         embed: EmbedFn | None = None, threshold: float = SEMANTIC_THRESHOLD) -> TagOutcomes:
+    """Each predicted tag of saved predictions with its confidence and whether it is correct at the
+    semantic level (a :class:`~instag.distill.calibration.TagOutcomes`), to fit a calibrator on.
+    ``embed`` None: the default MiniLM embedder."""
+    from instag.select.normalize import sentence_transformer_embedder
+
+    frame = load_pairs(pred_files, gold_files)
+    scored = frame[frame["status"] != "missing"]
+    return tag_outcomes(list(scored["pred"]), list(scored["pred_conf"]), list(scored["gold"]),
+                        embed or sentence_transformer_embedder(), threshold)
+
+
+def _calibration_plots(metrics: dict[str, Any], gold_files: Path | Sequence[Path], out_dir: Path) -> None:
+    """Plots of each gold file's calibration, named after the file's stem, recorded in its section."""
+    golds = _as_list(gold_files)
+    sections = metrics["gold_files"] if len(golds) > 1 else [metrics]
+    used: set[str] = set()
+    for g, sec in zip(golds, sections):
+        cal = sec.get("calibration")
+        if not cal:
+            continue
+        stem = base = Path(g).stem
+        k = 1
+        while stem in used:  # gold files of the same name in different folders
+            k += 1
+            stem = f"{base}_{k}"
+        used.add(stem)
+        cal["plots"] = write_plots(cal, out_dir, stem)
 
 
 def load_ceiling(path: Path) -> dict[str, Any]:
@@ -269,6 +294,7 @@ def score_run(pred_files: Path | Sequence[Path], gold_files: Path | Sequence[Pat
     if ceiling_m:
         metrics["ceiling"] = ceiling_m
     out_dir.mkdir(parents=True, exist_ok=True)
+    _calibration_plots(metrics, gold_files, out_dir)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out_dir / "report.md").write_text(render_report(metrics))
     return metrics

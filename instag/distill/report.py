@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from instag.distill.calibration import REPORT_THRESHOLDS
+
 LEVELS = ("exact", "rule", "semantic")
 
 
@@ -86,6 +88,28 @@ def tag_tables(m: dict[str, Any]) -> str:
         md_table(["tag", "gold", "matched", "missed", "recall"], missed) if missed else "None."])
 
 
+def calibration_tables(cal: dict[str, Any]) -> str:
+    """Reliability bins, ECE, the precision/recall of a few confidence thresholds, links to the plots."""
+    bins = [[f"{b['lo']:.1f}-{b['hi']:.1f}", b["count"], _f(b["mean_confidence"]), _f(b["precision"]),
+             "–" if b["count"] == 0 else f"{b['precision'] - b['mean_confidence']:+.3f}"] for b in cal["bins"]]
+    by_t = {round(r["threshold"], 2): r for r in cal["pr_curve"]}
+    pr = [[f"{t:.1f}", _f(r["precision"]), _f(r["recall"]), _f(r["f1"]), f"{r['kept_share']:.1%}"]
+          for t in REPORT_THRESHOLDS if (r := by_t.get(round(t, 2)))]
+    unknown = cal["n_without_confidence"]
+    parts = [
+        f"Per-tag confidence against correctness at the {cal['level']} level (threshold "
+        f"{cal['semantic_threshold']}): {cal['n_with_confidence']} predicted tags with a confidence"
+        + (f", {unknown} without one (left out of the bins, kept by every threshold)" if unknown else "")
+        + f". Expected calibration error (ECE) **{_f(cal['ece'])}**.",
+        md_table(["confidence", "tags", "mean confidence", "precision", "gap"], bins),
+        "Keeping only the tags with confidence >= threshold (recall over all gold tags):",
+        md_table(["threshold", "precision", "recall", "F1", "tags kept"], pr)]
+    plots = cal.get("plots")
+    if plots:
+        parts.append(f"![reliability]({plots['reliability']}) ![precision and recall]({plots['precision_recall']})")
+    return "\n\n".join(parts)
+
+
 def section(title: str, m: dict[str, Any], ceiling: dict[str, Any] | None, per_source: bool = True) -> str:
     """Levels, statuses, tags; ``per_source`` adds the by-source and tags-per-query tables (left out of the
     all-files section, whose sources are those of the per-file sections)."""
@@ -97,6 +121,8 @@ def section(title: str, m: dict[str, Any], ceiling: dict[str, Any] | None, per_s
         f"{m['avg_gold_tags']:.2f})."]
     if per_source:
         parts += ["### By source", by_source_table(m, ceiling), "### Tags per query", tpq_table(m)]
+    if m.get("calibration"):
+        parts += ["### Confidence calibration", calibration_tables(m["calibration"])]
     return "\n\n".join(parts + ["### Tags", tag_tables(m)])
 
 

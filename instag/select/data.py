@@ -3,6 +3,7 @@ and selection."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,6 +25,10 @@ class TagFile:
     def tag_lists(self, normalized: bool | None = None) -> list[list[str]]:
         return [tag_strings(self.records[i], normalized) for i in self.usable]
 
+    def confidence_lists(self) -> list[list[float | None]]:
+        """Per usable record, the confidences of its original tags (see :func:`tag_confidences`)."""
+        return [tag_confidences(self.records[i]) for i in self.usable]
+
 
 def tag_strings(rec: dict[str, Any], normalized: bool | None = None) -> list[str]:
     """A record's tags as strings; ``normalized`` None means: normalized tags when present."""
@@ -34,6 +39,24 @@ def tag_strings(rec: dict[str, Any], normalized: bool | None = None) -> list[str
         s = t.get("tag") if isinstance(t, dict) else t
         if isinstance(s, str) and s.strip():
             out.append(s.strip())
+    return out
+
+
+def _confidence(value: Any) -> float | None:
+    """A tag's confidence clipped to [0, 1]; None when absent or not a finite number (unknown)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return min(1.0, max(0.0, float(value)))
+
+
+def tag_confidences(rec: dict[str, Any]) -> list[float | None]:
+    """The confidence of each of the record's original tags, aligned with ``tag_strings(rec,
+    normalized=False)``; None where a tag has none (teacher tags, plain strings, older files)."""
+    out = []
+    for t in rec.get("tags") or []:
+        s = t.get("tag") if isinstance(t, dict) else t
+        if isinstance(s, str) and s.strip():
+            out.append(_confidence(t.get("confidence")) if isinstance(t, dict) else None)
     return out
 
 

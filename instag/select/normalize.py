@@ -11,6 +11,10 @@
 
 Each step maps the current tag vocabulary to new names (or ``None`` = dropped) and reports what it
 removed or merged; :class:`TagMap` composes them so that every original tag can be traced.
+
+With ``min_tag_confidence`` set, a ``confidence`` step runs first: in each query, the tags whose
+confidence (written by the local engines) is below it are dropped. It works on occurrences, not on tag
+strings: a tag dropped in some queries stays where it was confident. Tags without a confidence are kept.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 
 EmbedFn = Callable[[list[str]], np.ndarray]
 STEPS = ("frequency", "rule", "semantic", "association")
+CONFIDENCE_STEP = "confidence"  # not in STEPS: it runs first, when NormalizeParams.min_tag_confidence is set
 DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
 
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")
@@ -81,6 +86,41 @@ def _merge_groups(groups: dict[Any, list[str]], freq: Counter) -> dict[str, str]
             if t != head:
                 mapping[t] = head
     return mapping
+
+
+# ---------------------------------------------------------------- step 0 (optional)
+
+
+def confidence_by_tag(tags: Sequence[str], confs: Sequence[float | None] | None) -> dict[str, float | None]:
+    """Tag -> its confidence in one query (None: unknown), in first-seen order; a tag listed twice takes
+    its highest known confidence. ``confs`` is aligned with ``tags``."""
+    out: dict[str, float | None] = {}
+    confs = list(confs) if confs is not None else []
+    for k, t in enumerate(tags):
+        c = confs[k] if k < len(confs) else None
+        prev = out.get(t)
+        out[t] = c if prev is None else (prev if c is None else max(prev, c))
+    return out
+
+
+def confidence_filter(tag_lists: Sequence[Sequence[str]], confidences: Sequence[Sequence[float | None] | None],
+                      min_confidence: float) -> tuple[list[list[str]], Counter, int]:
+    """Drop, in each query, the tags whose confidence is below ``min_confidence`` (unknown ones are kept).
+    Returns the kept lists (de-duplicated, order kept), the queries in which each tag was dropped, and
+    the number of tag occurrences without a confidence."""
+    kept, dropped, unknown = [], Counter(), 0
+    for k, tags in enumerate(tag_lists):
+        by_tag = confidence_by_tag(tags, confidences[k] if k < len(confidences) else None)
+        keep = []
+        for t, c in by_tag.items():
+            if c is None:
+                unknown += 1
+            if c is None or c >= min_confidence:
+                keep.append(t)
+            else:
+                dropped[t] += 1
+        kept.append(keep)
+    return kept, dropped, unknown
 
 
 # ---------------------------------------------------------------- step 1
@@ -241,9 +281,10 @@ class NormalizeParams:
     eps: float = 0.1
     min_samples: int = 2
     min_support: int = 40
-    min_confidence: float = 0.99
+    min_confidence: float = 0.99  # of association rules (not of tags: min_tag_confidence)
     embed_model: str = DEFAULT_EMBED_MODEL
     steps: tuple[str, ...] = STEPS
+    min_tag_confidence: float | None = None  # drop a query's tags below this confidence first; None: keep all
 
 
 @dataclass
@@ -254,13 +295,19 @@ class TagMap:
     steps: dict[str, list[str]] = field(default_factory=dict)
     reports: list[StepReport] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
+    # tag -> queries in which the confidence step dropped it (a tag dropped in all of them maps to None)
+    low_confidence: dict[str, int] = field(default_factory=dict)
 
     def canonical(self) -> set[str]:
         return {v for v in self.to.values() if v is not None}
 
-    def apply(self, tags: Sequence[str]) -> list[str]:
+    def apply(self, tags: Sequence[str], confidences: Sequence[float | None] | None = None) -> list[str]:
         """Map one query's tags. A tag the map has not seen is matched by its rule key to a known
-        canonical tag, else kept as it is (it is new)."""
+        canonical tag, else kept as it is (it is new). With ``confidences`` (aligned with ``tags``) and a
+        map made with ``min_tag_confidence``, the query's tags below it are dropped first."""
+        threshold = self.params.get("min_tag_confidence")
+        if confidences is not None and threshold is not None:
+            tags = confidence_filter([tags], [confidences], threshold)[0][0]
         out: list[str] = []
         for t in tags:
             if t in self.to:
@@ -284,7 +331,9 @@ class TagMap:
         return {
             "params": self.params,
             "steps": [asdict(r) for r in self.reports],
-            "map": {t: {"to": self.to[t], "steps": self.steps.get(t, [])} for t in sorted(self.to)},
+            "map": {t: {"to": self.to[t], "steps": self.steps.get(t, []),
+                        **({"low_confidence": self.low_confidence[t]} if t in self.low_confidence else {})}
+                    for t in sorted(self.to)},
         }
 
     @classmethod
@@ -294,13 +343,17 @@ class TagMap:
             tm.to[t] = entry["to"]
             if entry.get("steps"):
                 tm.steps[t] = list(entry["steps"])
+            if entry.get("low_confidence"):
+                tm.low_confidence[t] = int(entry["low_confidence"])
         tm.reports = [StepReport(**r) for r in data.get("steps", [])]
         return tm
 
 
 def normalize(tag_lists: Sequence[Sequence[str]], params: NormalizeParams | None = None,
-              embed: EmbedFn | None = None, progress: Callable[[str], None] | None = None) -> TagMap:
-    """Run the configured steps over the queries' tag lists and return the composed :class:`TagMap`."""
+              embed: EmbedFn | None = None, progress: Callable[[str], None] | None = None,
+              confidences: Sequence[Sequence[float | None] | None] | None = None) -> TagMap:
+    """Run the configured steps over the queries' tag lists and return the composed :class:`TagMap`.
+    ``confidences`` (aligned with ``tag_lists``, tag by tag; None: unknown) feed the confidence step."""
     import time
 
     params = params or NormalizeParams()
@@ -309,6 +362,9 @@ def normalize(tag_lists: Sequence[Sequence[str]], params: NormalizeParams | None
     tm = TagMap(to={t: t for t in originals},
                 params={**asdict(params), "min_freq": min_freq, "queries": len(tag_lists)})
     current = [list(dict.fromkeys(t)) for t in tag_lists]
+    if params.min_tag_confidence is not None:
+        _confidence_step(tm, tag_lists, confidences or [], params.min_tag_confidence, progress)
+        current = confidence_filter(tag_lists, confidences or [], params.min_tag_confidence)[0]
     for step in params.steps:
         if step not in STEPS:
             raise ValueError(f"unknown normalization step {step!r}; steps are {', '.join(STEPS)}")
@@ -348,3 +404,33 @@ def normalize(tag_lists: Sequence[Sequence[str]], params: NormalizeParams | None
             params=step_params, seconds=round(time.time() - t0 - embed_seconds, 3),
             examples=[[k, v] for k, v in list(mapping.items())[:5] if v is not None]))
     return tm
+
+
+def _confidence_step(tm: TagMap, tag_lists: Sequence[Sequence[str]],
+                     confidences: Sequence[Sequence[float | None] | None], threshold: float,
+                     progress: Callable[[str], None] | None) -> None:
+    """Record the confidence step in the map: per-tag drop counts, None for tags dropped everywhere."""
+    import time
+
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"min_tag_confidence must be within [0, 1], not {threshold}")
+    if progress:
+        progress(CONFIDENCE_STEP)
+    t0 = time.time()
+    before = count_tags([list(dict.fromkeys(t)) for t in tag_lists])
+    kept, dropped, unknown = confidence_filter(tag_lists, confidences, threshold)
+    after = count_tags(kept)
+    gone = sorted(t for t in dropped if t not in after)
+    for t, n in dropped.items():
+        tm.low_confidence[t] = n
+    for t in gone:
+        tm.to[t] = None
+        tm.steps[t] = [CONFIDENCE_STEP]
+    tm.reports.append(StepReport(
+        step=CONFIDENCE_STEP, tags_before=len(before), tags_after=len(after),
+        occurrences_before=sum(before.values()), occurrences_after=sum(after.values()),
+        dropped_tags=len(gone), merged_tags=0,
+        params={"min_tag_confidence": threshold, "dropped_occurrences": sum(dropped.values()),
+                "unknown_confidence": unknown},
+        seconds=round(time.time() - t0, 3),
+        examples=[[t, f"dropped in {n} of {before[t]} queries"] for t, n in dropped.most_common(5)]))

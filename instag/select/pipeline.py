@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from instag.io import InputError, JsonlAppender
-from instag.select.data import NORMALIZED_FIELD, load_tag_file, tag_strings
+from instag.select.data import NORMALIZED_FIELD, load_tag_file, tag_confidences, tag_strings
 from instag.select.normalize import EmbedFn, NormalizeParams, TagMap, normalize
 from instag.select.sample import SetStats, select_indices
 
@@ -36,21 +36,31 @@ def normalize_file(input_path: Path, output: Path, map_path: Path | None, params
                    apply_map: Path | None = None, embed: EmbedFn | None = None,
                    progress: Callable[[str], None] | None = None) -> NormalizeResult:
     """Normalize the tags of a tag file (or apply an existing map) and write records with both their
-    original ``tags`` and their ``normalized_tags``; records that did not parse get an empty list."""
+    original ``tags`` and their ``normalized_tags``; records that did not parse get an empty list.
+
+    ``params.min_tag_confidence`` drops each record's tags below that confidence from its
+    ``normalized_tags`` (its ``tags`` keep them); applying a map, a map made with a threshold applies it
+    too unless ``params`` sets one."""
     tf = load_tag_file(input_path)
     originals = [tag_strings(r, normalized=False) for r in tf.records]
+    confidences = [tag_confidences(r) for r in tf.records]
     if apply_map is not None:
         try:
             tm = TagMap.from_json(json.loads(Path(apply_map).read_text(encoding="utf-8")))
         except (OSError, ValueError, KeyError) as e:
             raise InputError(apply_map, None, f"not a tag map written by `instag normalize`: {e}") from e
+        if params is not None and params.min_tag_confidence is not None:
+            if not 0.0 <= params.min_tag_confidence <= 1.0:
+                raise ValueError(f"min_tag_confidence must be within [0, 1], not {params.min_tag_confidence}")
+            tm.params["min_tag_confidence"] = params.min_tag_confidence
     else:
-        tm = normalize([originals[i] for i in tf.usable], params, embed=embed, progress=progress)
+        tm = normalize([originals[i] for i in tf.usable], params, embed=embed, progress=progress,
+                       confidences=[confidences[i] for i in tf.usable])
     usable = set(tf.usable)
     out = []
     for i, rec in enumerate(tf.records):
         rec = dict(rec)
-        rec[NORMALIZED_FIELD] = tm.apply(originals[i]) if i in usable else []
+        rec[NORMALIZED_FIELD] = tm.apply(originals[i], confidences[i]) if i in usable else []
         out.append(rec)
     _write_records(output, out)
     if map_path is not None and apply_map is None:

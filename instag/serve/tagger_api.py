@@ -112,6 +112,11 @@ class TaggerMiddleware:
                 return None  # token prompts: the client rendered them itself
         if not any(req.get(k) is not None for k in _STRUCTURED_KEYS):
             out["structured_outputs"] = {"regex": answer_pattern(self.target)}
+        if not req.get("stream"):  # the sampled tokens' logprobs give each tag its confidence (_BodyPrefixer)
+            if path.endswith("/chat/completions"):
+                out["logprobs"] = True
+            elif req.get("logprobs") is None:
+                out["logprobs"] = 0
         out.setdefault("temperature", 0.0)  # tags, not samples: greedy, as instag tag
         if out.get("max_tokens") is None and out.get("max_completion_tokens") is None:
             out["max_tokens"] = DEFAULT_MAX_TOKENS
@@ -131,8 +136,10 @@ class TaggerMiddleware:
             msg = await receive()
             body += msg.get("body", b"")
             more = msg.get("more_body", False)
+        asked = False  # whether the client itself asked for logprobs (else the ones we add are dropped)
         try:
             req = json.loads(body)
+            asked = isinstance(req, dict) and req.get("logprobs") not in (None, False)
             rewritten = self.rewrite(scope["path"], req) if isinstance(req, dict) else None
         except (ValueError, _PassThrough):
             rewritten = None
@@ -158,7 +165,8 @@ class TaggerMiddleware:
             send = _TruncationNote(send)
         if req.get("stream"):
             return await self.app(scope, replay, _StreamPrefixer(send, self.prefix, chat))
-        return await self.app(scope, replay, _BodyPrefixer(send, self.prefix, chat, truncated))
+        return await self.app(scope, replay, _BodyPrefixer(send, self.prefix, chat, truncated, self.target,
+                                                           keep_logprobs=asked))
 
 
 class _PassThrough(Exception):
@@ -186,12 +194,39 @@ class _TruncationNote:
         await self.send(msg)
 
 
-class _BodyPrefixer:
-    """A whole JSON response: each choice's answer gets the prefix back (and the length its new size); a
-    cut query adds ``"instag": {"query_truncated": true}``, a field plain clients ignore."""
+def _choice_tags(choice: dict, prefix: str, chat: bool, target: str) -> list[dict] | None:
+    """``[{"tag", "confidence"}]`` for a choice whose answer (prefix restored) parses, confidences from
+    the choice's token logprobs (instag.tagger.confidence); None where it does not parse."""
+    from instag.tagger.confidence import CONFIDENCE, attach, token_ends
+    from instag.tagger.parse import STATUS_OK, parse_tags
 
-    def __init__(self, send: Send, prefix: str, chat: bool, truncated: bool = False):
+    answer = (choice.get("message") or {}).get("content") if chat else choice.get("text")
+    if not isinstance(answer, str):
+        return None
+    parsed = parse_tags(answer)
+    if parsed.status != STATUS_OK:
+        return None
+    lp = choice.get("logprobs") or {}
+    if chat:
+        content = lp.get("content") or []
+        pieces, values = [c.get("token", "") for c in content], [c.get("logprob") for c in content]
+    else:
+        pieces, values = lp.get("tokens") or [], lp.get("token_logprobs") or []
+    if pieces and all(isinstance(v, (int, float)) for v in values):
+        attach(parsed.tags, answer, len(prefix), token_ends(pieces, answer[len(prefix):]), values, target)
+    return [{"tag": t["tag"], **({CONFIDENCE: t[CONFIDENCE]} if CONFIDENCE in t else {})} for t in parsed.tags]
+
+
+class _BodyPrefixer:
+    """A whole JSON response: each choice's answer gets the prefix back (and the length its new size) and
+    a ``tags`` field, the parsed tags with their confidences (plain clients ignore it); the logprobs the
+    middleware asked for are dropped unless the client asked too. A cut query adds
+    ``"instag": {"query_truncated": true}``."""
+
+    def __init__(self, send: Send, prefix: str, chat: bool, truncated: bool = False, target: str = "tags",
+                 keep_logprobs: bool = True):
         self.send, self.prefix, self.chat, self.truncated = send, prefix, chat, truncated
+        self.target, self.keep_logprobs = target, keep_logprobs
         self.start: Message | None = None
         self.body = b""
 
@@ -210,6 +245,11 @@ class _BodyPrefixer:
                 payload = json.loads(body)
                 for choice in payload.get("choices", []):
                     _prefix_choice(choice, self.prefix, self.chat)
+                    tags = _choice_tags(choice, self.prefix, self.chat, self.target)
+                    if tags is not None:
+                        choice["tags"] = tags
+                    if not self.keep_logprobs:
+                        choice["logprobs"] = None
                 if self.truncated:
                     payload["instag"] = {"query_truncated": True}
                 body = json.dumps(payload).encode()

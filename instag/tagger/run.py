@@ -23,7 +23,8 @@ from instag.io import (JsonlAppender, Query, ReadStats, iter_tag_records, latest
                        tag_shards)
 from instag.tagger.backends import MAX_QUERY_TOKENS, Generation
 from instag.tagger.parse import STATUS_EMPTY, STATUS_ERROR, STATUS_OK, STATUS_UNPARSED, parse_tags
-from instag.tagger.prompt import check_target
+from instag.tagger.confidence import attach as attach_confidence
+from instag.tagger.prompt import ANSWER_PREFIX, check_target
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class TagOptions:
     threads: int | None = None  # CPU engines: threads (None: every core; Ray workers get their share)
     memory_fraction: float | None = None  # vLLM: share of GPU memory (None: its default; lower for engines per GPU)
     kv_cache_gib: float | None = None  # vLLM: the KV cache's size (None: on a CPU, sized from the model)
+    confidence: bool = True  # local engines: each tag's probability (instag.tagger.confidence)
     engines: int = 1  # vLLM engines sharing this machine's GPU or memory (Ray workers): fixed KV caches
     limit: int | None = None
     progress: bool = True
@@ -116,12 +118,18 @@ def done_ids(output: Path) -> dict[str, str]:
     return {k: r.get("status", "") for k, r in latest_by_id(iter_tag_records(output)).items()}
 
 
-def make_record(q: Query, gen: Generation, model: str, truncated: bool) -> dict[str, Any]:
+def make_record(q: Query, gen: Generation, model: str, truncated: bool, target: str | None = None
+                ) -> dict[str, Any]:
+    """The output record of one query; ``target`` (the answer format, where the engine prefilled its
+    opening) lets each tag get its confidence from the engine's token log-probabilities."""
     rec = q.to_record()
     if gen.error is not None:
         rec.update(tags=[], raw=None, model=model, status=STATUS_ERROR, error=gen.error)
     else:
         parsed = parse_tags(gen.text)
+        if target is not None and gen.text is not None:
+            attach_confidence(parsed.tags, gen.text, len(ANSWER_PREFIX[target]), gen.token_ends, gen.token_logprobs,
+                              target)
         rec.update(tags=parsed.tags, raw=gen.text, model=model, status=parsed.status, error=parsed.error)
     rec.update(prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens, truncated=truncated)
     return rec
@@ -149,7 +157,7 @@ def make_backend(opts: TagOptions, pending: int | None = None):
         try:
             return VLLMBackend(resolved, max_new_tokens=opts.max_new_tokens, guided=opts.guided is not False,
                                merge=opts.merge_adapter, threads=opts.threads,
-                               engines=opts.engines, **kw)
+                               engines=opts.engines, confidence=opts.confidence, **kw)
         except EngineStartError as e:
             if opts.engine != "auto":
                 raise
@@ -157,7 +165,8 @@ def make_backend(opts: TagOptions, pending: int | None = None):
             log.warning("%s; tagging with transformers instead", e)
     from instag.tagger.backends.hf import HFBackend
 
-    return HFBackend(resolved, max_new_tokens=opts.max_new_tokens, device=opts.device, threads=opts.threads)
+    return HFBackend(resolved, max_new_tokens=opts.max_new_tokens, device=opts.device, threads=opts.threads,
+                     confidence=opts.confidence)
 
 
 ENGINES = ("auto", "transformers", "vllm")
@@ -261,7 +270,7 @@ def _run_batched(backend: Any, prepared: Iterable[tuple[Query, str, bool]], opts
     if hasattr(backend, "stream"):
         # vLLM: the whole input as one continuous batch, each answer written as it finishes.
         for (q, cut), gen in backend.stream(((q, cut), text) for q, text, cut in prepared):
-            emit(make_record(q, gen, backend.name, cut))
+            emit(make_record(q, gen, backend.name, cut, getattr(backend, "target", None)))
         return
     # Sort by length inside windows so that a batch pads little, while output stays near input order.
     window = max(opts.batch_size * 16, 1)
@@ -271,7 +280,7 @@ def _run_batched(backend: Any, prepared: Iterable[tuple[Query, str, bool]], opts
             batch = chunk[b:b + opts.batch_size]
             gens = backend.generate([text for _, text, _ in batch])
             for (q, _, cut), gen in zip(batch, gens):
-                emit(make_record(q, gen, backend.name, cut))
+                emit(make_record(q, gen, backend.name, cut, getattr(backend, "target", None)))
 
 
 async def _run_async(backend: Any, prepared: Iterable[tuple[Query, str, bool]], opts: TagOptions,
@@ -297,7 +306,7 @@ async def _run_async(backend: Any, prepared: Iterable[tuple[Query, str, bool]], 
             finished, live = await asyncio.wait(live, return_when=asyncio.FIRST_COMPLETED)
             for task in finished:
                 (q, _, cut), gen = task.result()
-                emit(make_record(q, gen, backend.name, cut))
+                emit(make_record(q, gen, backend.name, cut, getattr(backend, "target", None)))
     finally:
         for task in live:
             task.cancel()

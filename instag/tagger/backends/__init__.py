@@ -13,6 +13,10 @@ class Generation:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    # Per generated token: its end offset in the answer after the prefilled opening, and its log-probability
+    # (instag.tagger.confidence turns them into per-tag confidences); None where the engine gives none.
+    token_ends: list[int] | None = None
+    token_logprobs: list[float] | None = None
 
 
 # Queries longer than this many tokens are cut before tagging (instag tag's --max-query-tokens, the endpoint).

@@ -6,6 +6,7 @@ import logging
 import os
 
 from instag.tagger.backends import Generation, truncate_tokens
+from instag.tagger.confidence import token_ends
 from instag.tagger.models import ResolvedModel, load_model
 from instag.tagger.prompt import ANSWER_PREFIX, render_prompt, template_ids
 
@@ -22,7 +23,7 @@ class HFBackend:
     half of a padded prompt, hence the gain (docs/benchmarks.md)."""
 
     def __init__(self, resolved: ResolvedModel, *, max_new_tokens: int = 256, device: str = "auto",
-                 dtype: str = "auto", threads: int | None = None, prefix_cache: bool = True):
+                 dtype: str = "auto", threads: int | None = None, prefix_cache: bool = True, confidence: bool = True):
         import torch
 
         if threads or not torch.cuda.is_available():
@@ -33,6 +34,7 @@ class HFBackend:
         self.tokenizer, self.model = load_model(resolved, device=device, dtype=dtype)
         self.device = self.model.device
         self.prefix_cache = prefix_cache
+        self.confidence = confidence  # keep each step's logits for the tags' confidences
         self._prefix: tuple[list[int], object] | None = None  # (template tokens, their KV cache)
 
     @property
@@ -84,15 +86,27 @@ class HFBackend:
         enc = self._inputs(queries)
         with torch.inference_mode():
             out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                      pad_token_id=self.tokenizer.pad_token_id)
-        new = out[:, enc["input_ids"].shape[1]:]
+                                      pad_token_id=self.tokenizer.pad_token_id, output_logits=self.confidence,
+                                      return_dict_in_generate=True)
+            new = out.sequences[:, enc["input_ids"].shape[1]:]
+            # The chosen token's log-probability at each step, from the raw logits (for tag confidences).
+            logprobs = torch.stack([torch.log_softmax(step.float(), dim=-1).gather(1, new[:, i:i + 1])[:, 0]
+                                    for i, step in enumerate(out.logits)], dim=1).tolist() if out.logits else []
         texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
         prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
         eos = self.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.pad_token_id}
         prefix = ANSWER_PREFIX[self.target]
         gens = []
-        for row, text, plen in zip(new.tolist(), texts, prompt_lens):
+        for k, (row, text, plen) in enumerate(zip(new.tolist(), texts, prompt_lens)):
             n = next((i + 1 for i, t in enumerate(row) if t in eos_ids), len(row))
-            gens.append(Generation(text=prefix + text.rstrip(), prompt_tokens=int(plen), completion_tokens=n))
+            ends = None
+            if logprobs:
+                pieces = self.tokenizer.batch_decode([[t] for t in row[:n]], skip_special_tokens=True)
+                ends = token_ends(pieces, text, self._decode, row[:n])
+            gens.append(Generation(text=prefix + text.rstrip(), prompt_tokens=int(plen), completion_tokens=n,
+                                   token_ends=ends, token_logprobs=logprobs[k][:n] if logprobs else None))
         return gens
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -26,6 +26,7 @@ from instag.procs import Watchdog
 from instag.tagger.backends import Generation, truncate_tokens
 from instag.tagger.backends.engine_start import (EngineStartError, StartupLog, cpu_kv_cache_bytes, failure_cause,
                                                  fix_hint)
+from instag.tagger.confidence import token_ends
 from instag.tagger.models import ResolvedModel, merge_adapter, tokenizer_source
 from instag.tagger.prompt import ANSWER_PREFIX, answer_pattern, render_prompt
 
@@ -164,7 +165,7 @@ class VLLMBackend:
 
     def __init__(self, resolved: ResolvedModel, *, max_new_tokens: int = 256, guided: bool = True,
                  merge: bool | None = None, threads: int | None = None, engines: int = 1, verbose: bool | None = None,
-                 **engine_kw: Any):
+                 confidence: bool = True, **engine_kw: Any):
         from vllm import LLM
 
         self.resolved = resolved  # records carry its name, merged or not
@@ -172,6 +173,7 @@ class VLLMBackend:
         self.target = resolved.target
         self.max_new_tokens = max_new_tokens
         self.guided = guided
+        self.confidence = confidence
         if engines > 1 and not engine_kw.get("kv_cache_bytes") and on_gpu():  # engines sharing one GPU
             engine_kw["kv_cache_bytes"] = shared_kv_bytes(engines)
         # vLLM's engine runs in processes of its own (EngineCore and its worker), which survive this one
@@ -208,6 +210,8 @@ class VLLMBackend:
         from vllm import SamplingParams
 
         kw: dict[str, Any] = {"temperature": 0.0, "max_tokens": self.max_new_tokens}
+        if self.confidence:  # the sampled token's log-probability only, for the tags' confidences
+            kw["logprobs"] = 0
         if self.guided:
             from vllm.sampling_params import StructuredOutputsParams
 
@@ -245,8 +249,19 @@ class VLLMBackend:
             self.watchdog = None
 
     def _generation(self, out: Any) -> Generation:
-        return Generation(text=ANSWER_PREFIX[self.target] + out.outputs[0].text.rstrip(), prompt_tokens=len(out.prompt_token_ids),
-                          completion_tokens=len(out.outputs[0].token_ids))
+        done = out.outputs[0]
+        ids = list(done.token_ids)
+        ends = lps = None
+        if done.logprobs and len(done.logprobs) == len(ids):
+            chosen = [step[t] for step, t in zip(done.logprobs, ids)]
+            lps = [c.logprob for c in chosen]
+            pieces = [c.decoded_token or "" for c in chosen]
+            ends = token_ends(pieces, done.text, self._decode, ids)
+        return Generation(text=ANSWER_PREFIX[self.target] + done.text.rstrip(), prompt_tokens=len(out.prompt_token_ids),
+                          completion_tokens=len(ids), token_ends=ends, token_logprobs=lps)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def generate(self, queries: list[str]) -> list[Generation]:
         """Answers for ``queries``, in their order, once all are done (``LLM.generate``)."""

@@ -1,0 +1,93 @@
+"""How sure the tagger is of each tag it writes: the probability of the tag under greedy decoding.
+
+Definition. A tag's confidence is the model's probability of writing that tag's string and then closing
+it: the product, over every generated token that overlaps the characters from the tag's first
+character to its closing quote, of that token's probability under the model's own (raw) next-token
+distribution. The closing quote counts ("the tag ends here": a model that would have gone on to a longer
+tag is less sure of this one); the separators and the list's closing bracket do not, and the prefilled
+answer opening is not generated. A token that holds the closing quote and the next opening one (``", "``)
+counts for the tag it closes; one that also holds the next tag's first letters counts for both.
+
+Every local engine computes it from the same definition: transformers from its logits (its answers are not
+guided), vLLM from the logprobs of its sampled tokens, which under guided decoding are the model's
+distribution renormalized over what the answer pattern allows (vLLM masks before it reports them). Where
+the model keeps to its trained format the mask removes next to no probability, so the engines agree
+within a small tolerance (tests/test_engine_agreement.py measures it). Teacher API tags carry a confidence
+only where the API returns logprobs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+CONFIDENCE = "confidence"  # the key in a tag's record
+DIGITS = 4
+
+
+def token_ends(pieces: Sequence[str], text: str, decode: Any = None, token_ids: Sequence[int] | None = None
+               ) -> list[int] | None:
+    """The end offset in ``text`` (the generated text) of each generated token, from each token's own
+    decoded text (``pieces``). Where the pieces do not join to the text (a multi-byte character split
+    over tokens decodes to replacement characters on its own), offsets come from decoding growing
+    prefixes with ``decode(token_ids[:i])``; None when neither works."""
+    ends, pos = [], 0
+    for p in pieces:
+        pos += len(p)
+        ends.append(pos)
+    if "".join(pieces) == text:
+        return ends
+    if decode is None or token_ids is None:
+        return None
+    ends = [len(decode(list(token_ids[: i + 1]))) for i in range(len(token_ids))]
+    return ends if ends and ends[-1] == len(text) else None
+
+
+def _tag_spans(answer: str, tags: Sequence[str], target: str) -> list[tuple[int, int] | None]:
+    """(first character, closing quote) of each tag's string in the answer, found in order."""
+    spans, pos = [], 0
+    key = '"tag": "' if target == "tags+explanations" else '"'
+    for tag in tags:
+        body = json.dumps(tag, ensure_ascii=False)[1:-1]
+        at = answer.find(key + body + '"', pos)
+        if at < 0:
+            spans.append(None)
+            continue
+        start = at + len(key)
+        end = start + len(body)  # the closing quote
+        spans.append((start, end))
+        pos = end + 1
+    return spans
+
+
+def tag_confidences(answer: str, prefix_len: int, tags: Sequence[str], ends: Sequence[int],
+                    logprobs: Sequence[float], target: str) -> list[float | None]:
+    """Each tag's confidence (see the module docstring), None for a tag not found in the answer as
+    written (a repaired or re-spaced answer). ``answer`` = prefix + generated text; ``ends`` are token end
+    offsets in the generated text and ``logprobs`` the tokens' log-probabilities."""
+    out: list[float | None] = []
+    starts = [0, *ends[:-1]]
+    for span in _tag_spans(answer, tags, target):
+        if span is None:
+            out.append(None)
+            continue
+        lo, hi = span[0] - prefix_len, span[1] - prefix_len  # in the generated text; hi: the closing quote
+        total, n = 0.0, 0
+        for s, e, lp in zip(starts, ends, logprobs):
+            if e > lo and s <= hi:  # the token overlaps [lo, hi]
+                total += lp
+                n += 1
+        out.append(round(math.exp(total), DIGITS) if n else None)
+    return out
+
+
+def attach(tags: list[dict[str, Any]], answer: str, prefix_len: int, ends: Sequence[int] | None,
+           logprobs: Sequence[float] | None, target: str) -> None:
+    """Write ``confidence`` into each parsed tag that the answer holds as written."""
+    if not tags or ends is None or logprobs is None or len(ends) != len(logprobs):
+        return
+    for tag, conf in zip(tags, tag_confidences(answer, prefix_len, [t["tag"] for t in tags], ends, logprobs, target)):
+        if conf is not None:
+            tag[CONFIDENCE] = conf
