@@ -6,7 +6,7 @@ The draw was made once from seed v2's train.jsonl (seed 20261202): 150 ShareGPT 
 other sources, each source in proportion to its share of train, and is committed as
 ``data/seed/dev.jsonl``; while that file exists its ids are the dev slice (train grows with new seed
 batches, a new draw would not give the same slice). ``train_fit.jsonl`` is train minus dev, in train's
-order: what tagger v2 trained on.
+order: what tagger v2 trained on while train.jsonl was seed v2's 3,740 queries (it grew with seed v3).
 """
 
 from __future__ import annotations

@@ -222,7 +222,8 @@ def test_normalize_min_tag_confidence_drops_exactly_the_low_tags(tmp_path):
 
     tmap = json.loads((tmp_path / "map.json").read_text())
     assert tmap["params"]["min_tag_confidence"] == 0.5
-    assert tmap["map"]["riddle"] == {"to": None, "steps": ["confidence"], "low_confidence": 1}
+    # riddle was below 0.5 wherever it was confident-scored: its occurrences go, its spelling stays mapped
+    assert tmap["map"]["riddle"] == {"to": "riddle", "steps": [], "low_confidence": 1}
     assert tmap["map"]["math"] == {"to": "math", "steps": [], "low_confidence": 1}  # dropped in r2 only
     assert tmap["map"]["poetry"]["low_confidence"] == 1 and tmap["map"]["poetry"]["to"] == "poetry"
     assert "low_confidence" not in tmap["map"]["coding"]
@@ -243,6 +244,10 @@ def test_normalize_min_tag_confidence_drops_exactly_the_low_tags(tmp_path):
                    apply_map=tmp_path / "map.json")
     strict = {r["id"]: r["normalized_tags"] for r in read_jsonl(tmp_path / "strict.jsonl")}
     assert strict == {"r1": ["math", "coding"], "r2": ["poetry"], "r3": [], "r4": []}
+    # a map made with a threshold, applied to confident occurrences or to tags without a confidence (a
+    # teacher's), keeps the tags that the threshold dropped from the data it was made on
+    assert tm.apply(["math", "riddle"], [0.9, 0.95]) == ["math", "riddle"]
+    assert tm.apply(["riddle"]) == ["riddle"]
     with pytest.raises(ValueError):
         normalize([["a"]], NormalizeParams(min_tag_confidence=1.5), confidences=[[0.5]])
 

@@ -153,7 +153,7 @@ def test_where_no_engine_fits_auto_falls_back_and_vllm_fails_in_one_line(small_n
     assert "BACKEND HFBackend" in run.stdout
     warnings = [line for line in run.stderr.splitlines() if "transformers instead" in line]
     assert len(warnings) == 1 and "Available memory on node 0" in warnings[0], run.stderr[-3000:]
-    assert "Traceback" not in run.stderr  # the engine's traceback is held back
+    assert "Traceback" not in run.stderr + run.stdout  # the engine's traceback is held back (vLLM logs to stdout)
 
     # --engine vllm: exit 1, one line naming the cause and the fix, no traceback
     src = write_jsonl(tmp_path / "q.jsonl", sharegpt_queries(3))
@@ -162,12 +162,12 @@ def test_where_no_engine_fits_auto_falls_back_and_vllm_fails_in_one_line(small_n
     assert run.returncode == 1
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Available memory on node 0" in errors[0] and "--kv-cache-gib" in errors[0]
-    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr + run.stdout, run.stderr[-3000:]
     # --verbose shows the engine's own output too
     run = subprocess.run(on_node(none, [*INSTAG, "-v", "tag", str(src), "-o", str(tmp_path / "t.jsonl"),
                                         "--engine", "vllm", "-q"]),
                          capture_output=True, text=True, env=no_vllm_env(), timeout=900)
-    assert run.returncode == 1 and "Traceback" in run.stderr
+    assert run.returncode == 1 and "Traceback" in run.stderr + run.stdout
 
 
 @pytest.mark.slow
@@ -186,7 +186,7 @@ def test_instag_serve_on_a_small_node_is_ready_or_says_why_in_one_line(small_nod
             assert proc.returncode == 1
             errors = [line for line in err.splitlines() if line.startswith("error:")]
             assert len(errors) == 1 and "Available memory on node 0" in errors[0], err[-3000:]
-            assert "Traceback" not in err
+            assert "Traceback" not in err + proc.stdout.read()
             return
         import httpx
 
@@ -203,3 +203,62 @@ def test_instag_serve_on_a_small_node_is_ready_or_says_why_in_one_line(small_nod
         if proc.poll() is None:
             os.killpg(proc.pid, 15)
             proc.wait(60)
+
+
+# --- the engine's start-up output, held back (a child process writes, as vLLM's engine core does) --------
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+CHILD = ("import sys, time; print('child says hi', flush=True); "
+         "sys.stderr.write('ValueError: Available memory on node 0 is short\\n'); sys.stderr.flush()")
+
+
+def test_startup_output_is_shown_once_the_engine_is_up(capfd):
+    from instag.tagger.backends.engine_start import StartupLog
+
+    before = _fds()
+    with StartupLog():
+        subprocess.run([sys.executable, "-c", CHILD], check=True)
+        assert "child says hi" not in capfd.readouterr().out  # held while the engine starts
+    import time
+
+    out, err = "", ""
+    for _ in range(50):  # the readers pass on what they had not read yet as it comes
+        got = capfd.readouterr()
+        out, err = out + got.out, err + got.err
+        if "child says hi" in out and "Available memory" in err:
+            break
+        time.sleep(0.05)
+    assert "child says hi" in out and "Available memory" in err
+    print("after", flush=True)
+    assert capfd.readouterr().out == "after\n"  # the streams are ours again
+    for _ in range(50):  # the readers close their copies once the pipes reach EOF
+        if _fds() <= before:
+            break
+        time.sleep(0.05)
+    assert _fds() <= before
+
+
+def test_a_failed_start_keeps_its_output_for_the_one_line_cause(capfd):
+    from instag.tagger.backends.engine_start import StartupLog, failure_cause
+
+    log = StartupLog(echo_on_error=False)
+    with pytest.raises(RuntimeError):
+        with log:
+            subprocess.run([sys.executable, "-c", CHILD], check=True)
+            raise RuntimeError("Engine core initialization failed. See root cause above.")
+    text = log.failed(drain=1.0)
+    assert "child says hi" in text
+    assert failure_cause(text, RuntimeError("Engine core initialization failed")).startswith(
+        "ValueError: Available memory on node 0")
+    out = capfd.readouterr()
+    assert "child says hi" not in out.out and "Available memory" not in out.err  # shown only with -v
+    verbose = StartupLog(echo_on_error=True)
+    with pytest.raises(RuntimeError):
+        with verbose:
+            subprocess.run([sys.executable, "-c", CHILD], check=True)
+            raise RuntimeError("boom")
+    verbose.failed(drain=1.0)
+    assert "Available memory" in capfd.readouterr().err

@@ -295,7 +295,7 @@ class TagMap:
     steps: dict[str, list[str]] = field(default_factory=dict)
     reports: list[StepReport] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
-    # tag -> queries in which the confidence step dropped it (a tag dropped in all of them maps to None)
+    # tag -> queries in which the confidence step dropped it (a tag dropped in all of them still maps to itself)
     low_confidence: dict[str, int] = field(default_factory=dict)
 
     def canonical(self) -> set[str]:
@@ -409,7 +409,9 @@ def normalize(tag_lists: Sequence[Sequence[str]], params: NormalizeParams | None
 def _confidence_step(tm: TagMap, tag_lists: Sequence[Sequence[str]],
                      confidences: Sequence[Sequence[float | None] | None], threshold: float,
                      progress: Callable[[str], None] | None) -> None:
-    """Record the confidence step in the map: per-tag drop counts, None for tags dropped everywhere."""
+    """Record the confidence step in the map: per-tag drop counts. A tag dropped in every query of this
+    data still maps to itself: a confidence drops occurrences, not a spelling, so a map applied later (to
+    confident occurrences, or to teacher tags without any confidence) keeps it."""
     import time
 
     if not 0.0 <= threshold <= 1.0:
@@ -424,8 +426,7 @@ def _confidence_step(tm: TagMap, tag_lists: Sequence[Sequence[str]],
     for t, n in dropped.items():
         tm.low_confidence[t] = n
     for t in gone:
-        tm.to[t] = None
-        tm.steps[t] = [CONFIDENCE_STEP]
+        tm.to[t] = t
     tm.reports.append(StepReport(
         step=CONFIDENCE_STEP, tags_before=len(before), tags_after=len(after),
         occurrences_before=sum(before.values()), occurrences_after=sum(after.values()),

@@ -103,8 +103,8 @@ class Server:
         self.proc = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT,
                                      start_new_session=True, env=env)
         self.watchdog.watch_group(self.proc.pid)
-        if self.proc.stdout is not None:
-            self._held = HeldOutput(os.dup(self.proc.stdout.fileno()), 2)
+        if self.proc.stdout is not None:  # vLLM's log goes to our stdout once the server is up, as before
+            self._held = HeldOutput(os.dup(self.proc.stdout.fileno()), 1)
             self.proc.stdout.close()
         self.wait_ready(timeout)
         if self._held is not None:
@@ -113,7 +113,7 @@ class Server:
 
     def _startup_output(self) -> str:
         if self._held is not None:
-            return self._held.release(echo=self.verbose, drain=3.0)
+            return self._held.release(echo=self.verbose, drain=3.0, then="discard")
         if self.log_path and self.log_path.exists():
             return self.log_path.read_text(errors="replace")[-200_000:]
         return ""
@@ -133,7 +133,9 @@ class Server:
                 pass
             time.sleep(1)
         self.stop()
-        raise TimeoutError(f"vLLM server not ready after {timeout:.0f} s")
+        cause = failure_cause(self._startup_output())
+        raise EngineStartError(f"the vLLM server was not ready after {timeout:.0f} s (last error seen: {cause}); "
+                               "give it more time (--timeout) or run with --verbose")
 
     def stop(self, timeout: float = 60.0) -> int | None:
         """SIGINT (vLLM's clean shutdown), then SIGTERM, then SIGKILL, to the whole process group."""

@@ -139,7 +139,7 @@ class TaggerMiddleware:
         asked = False  # whether the client itself asked for logprobs (else the ones we add are dropped)
         try:
             req = json.loads(body)
-            asked = isinstance(req, dict) and req.get("logprobs") not in (None, False)
+            asked = isinstance(req, dict) and req.get("logprobs") is not None and req.get("logprobs") is not False
             rewritten = self.rewrite(scope["path"], req) if isinstance(req, dict) else None
         except (ValueError, _PassThrough):
             rewritten = None

@@ -17,6 +17,7 @@ and on a failure keeps it so that :func:`failure_cause` can name the cause in on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -125,26 +126,41 @@ def fix_hint(cause: str) -> str:
 
 class HeldOutput:
     """Reads a pipe in a thread and holds what comes until :meth:`release`: then it writes the held text
-    to ``out_fd`` (or drops it) and passes whatever follows straight through. :attr:`text` is what was
-    held. The thread ends at the pipe's EOF."""
+    to ``out_fd`` (or not) and afterwards passes what follows straight through, or drops it
+    (``discard``: a failed start's engine dying). :attr:`text` is what was held. The thread ends at the
+    pipe's EOF and then closes ``out_fd`` when it owns it."""
 
-    def __init__(self, read_fd: int, out_fd: int):
+    def __init__(self, read_fd: int, out_fd: int, own_out: bool = False):
         self.text = ""
         self.out_fd = out_fd
+        self._own_out = own_out
         self._chunks: list[bytes] = []
-        self._live = False
+        self._mode = "hold"  # hold | live | discard
+        self._eof = self._closed = False
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._pump, args=(read_fd,), daemon=True, name="instag-held-output")
         self._thread.start()
 
     def _pump(self, read_fd: int) -> None:
-        with os.fdopen(read_fd, "rb", buffering=0) as pipe:
-            while chunk := pipe.read(65536):
-                with self._lock:
-                    if self._live:
-                        self._write(chunk)
-                    else:
-                        self._chunks.append(chunk)
+        try:
+            with os.fdopen(read_fd, "rb", buffering=0) as pipe:
+                while chunk := pipe.read(65536):
+                    with self._lock:
+                        if self._mode == "live":
+                            self._write(chunk)
+                        elif self._mode == "hold":
+                            self._chunks.append(chunk)
+        finally:
+            with self._lock:
+                self._eof = True
+                if self._mode != "hold":  # released: nothing more to write out
+                    self._close_out()
+
+    def _close_out(self) -> None:
+        if self._own_out and not self._closed:
+            self._closed = True
+            with contextlib.suppress(OSError):
+                os.close(self.out_fd)
 
     def _write(self, data: bytes) -> None:
         try:
@@ -152,9 +168,10 @@ class HeldOutput:
         except OSError:
             pass
 
-    def release(self, echo: bool, drain: float = 0.0) -> str:
-        """Stop holding: write the held text out when ``echo``; first wait up to ``drain`` seconds for the
-        pipe's EOF (a process that failed may still be writing its last words). Returns the held text."""
+    def release(self, echo: bool, drain: float = 0.0, then: str = "live") -> str:
+        """Stop holding: first wait up to ``drain`` seconds for the pipe's EOF (a process that failed may
+        still be writing its last words), write the held text out when ``echo``, then pass later output
+        through (``then="live"``) or drop it (``"discard"``). Returns the held text."""
         if drain:
             self._thread.join(drain)
         with self._lock:
@@ -163,43 +180,72 @@ class HeldOutput:
             self.text = held.decode("utf-8", "replace")
             if echo:
                 self._write(held)
-            self._live = True
+            self._mode = then
+            if self._eof:
+                self._close_out()
         return self.text
 
 
 class StartupLog:
-    """Holds what is written to fd 2 (this process's and its children's) inside the block.
+    """Holds what is written to fds 1 and 2 (this process's and its children's: vLLM logs to stdout)
+    inside the block.
 
     On a clean exit the held text is written out and the children's later output flows to the real
-    standard error as it comes; on an exception it is kept in :attr:`text` (for :func:`failure_cause`)
-    and written out only when ``echo_on_error``. A no-op when fd 2 cannot be duplicated."""
+    stdout and stderr as it comes. On an exception nothing is shown yet: the caller stops what the
+    failed start left running, then calls :meth:`failed`, which waits for the last words, keeps them in
+    :attr:`text` (for :func:`failure_cause`), shows them only when ``echo_on_error`` and drops whatever
+    comes later. A no-op where the fds cannot be duplicated."""
+
+    FDS = (1, 2)
 
     def __init__(self, echo_on_error: bool = False):
         self.echo_on_error = echo_on_error
         self.text = ""
-        self._saved: int | None = None
-        self._held: HeldOutput | None = None
+        self._saved: dict[int, int] = {}
+        self._held: dict[int, HeldOutput] = {}
+
+    def _flush(self) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                stream.flush()
 
     def __enter__(self) -> StartupLog:
+        self._flush()
         try:
-            sys.stderr.flush()
-            self._saved = os.dup(2)
-            read_fd, write_fd = os.pipe()
-        except OSError:
-            self._saved = None
-            return self
-        os.dup2(write_fd, 2)
-        os.close(write_fd)
-        self._held = HeldOutput(read_fd, self._saved)
+            for fd in self.FDS:
+                saved = os.dup(fd)
+                self._saved[fd] = saved
+                read_fd, write_fd = os.pipe()
+                # the reader runs before fd points at the pipe: nothing written there can block unread
+                self._held[fd] = HeldOutput(read_fd, saved, own_out=True)
+                os.dup2(write_fd, fd)
+                os.close(write_fd)
+        except BaseException:  # an fd we cannot hold, or Ctrl-C in between: leave every fd as it was
+            self._restore()
+            for held in self._held.values():
+                held.release(echo=True)
+            self._held.clear()
+            if not isinstance(sys.exc_info()[1], OSError):
+                raise
         return self
 
+    def _restore(self) -> None:
+        self._flush()
+        for fd, saved in self._saved.items():
+            with contextlib.suppress(OSError):
+                os.dup2(saved, fd)  # this process writes to the real stream again; children keep the pipe
+        self._saved.clear()
+
     def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
-        if self._saved is None or self._held is None:
-            return
-        try:
-            sys.stderr.flush()
-        except (OSError, ValueError):
-            pass
-        os.dup2(self._saved, 2)  # this process writes to the real stderr again; children keep the pipe
-        failed = exc_type is not None
-        self.text = self._held.release(echo=not failed or self.echo_on_error, drain=3.0 if failed else 0.0)
+        self._restore()
+        if exc_type is None:
+            for held in self._held.values():
+                held.release(echo=True)
+            self._held.clear()
+
+    def failed(self, drain: float = 3.0) -> str:
+        """After a failed start (its processes stopped): the held output, shown only when ``echo_on_error``."""
+        texts = [held.release(echo=self.echo_on_error, drain=drain, then="discard") for held in self._held.values()]
+        self._held.clear()
+        self.text = "".join(texts)
+        return self.text

@@ -186,11 +186,13 @@ class VLLMBackend:
             with startup, mock.patch.dict(os.environ, engine_env(threads)):  # the engine's process inherits it
                 self.llm = LLM(**engine_kwargs(resolved, engines=engines, **engine_kw))
         except Exception as e:
-            self.watchdog.stop(reap=True)  # what a failed start left running
-            cause = failure_cause(startup.text, e)
-            raise EngineStartError(f"the vLLM engine did not start: {cause}; {fix_hint(cause)}", startup.text) from e
+            self.watchdog.stop(reap=True)  # what a failed start left running, then its last words
+            text = startup.failed()
+            cause = failure_cause(text, e)
+            raise EngineStartError(f"the vLLM engine did not start: {cause}; {fix_hint(cause)}", text) from e
         except BaseException:
             self.watchdog.stop(reap=True)  # an interrupted start
+            startup.failed(drain=0.0)
             raise
         self.tokenizer = self.llm.get_tokenizer()
         self.lora = None
