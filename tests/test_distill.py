@@ -123,6 +123,11 @@ def test_a_checkpoint_is_written_at_the_end_of_each_epoch(tiny_model_dir, teache
     assert ckpts == ["checkpoint-2", "checkpoint-4"]
     state = json.loads((out / "run" / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["epoch"] == 1.0
+    # each epoch's adapter is kept apart (step checkpoints rotate away), for choosing the epoch on a dev set
+    for ep, step in ((1, 2), (2, 4)):
+        kept = out / "epochs" / f"epoch-{ep}"
+        assert (kept / "adapter_model.safetensors").exists() and (kept / "adapter_config.json").exists()
+        assert json.loads((kept / "trainer_state.json").read_text())["global_step"] == step
 
 
 # ---------------------------------------------------------------- evaluation metrics
