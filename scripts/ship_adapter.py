@@ -26,10 +26,12 @@ import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from instag.distill.train import write_card  # noqa: E402
+from instag.tagger.confidence import CALIBRATION_FILE  # noqa: E402
 from instag.tagger.models import ADAPTER_META, load_registry, models_dir  # noqa: E402
 
 FILES = ["adapter_model.safetensors", "adapter_config.json", ADAPTER_META, "log_history.json",
-         "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"]
+         "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+         CALIBRATION_FILE]
 
 
 def main() -> int:

@@ -85,3 +85,22 @@ def test_normalize_cli_leaves_low_confidence_tags_out(tmp_path):
         assert got[f"q{i}"]["normalized_tags"] == (["code generation"] if i % 2 else ["code generation", "python"])
         assert [t["tag"] for t in got[f"q{i}"]["tags"]] == ["code generation", "python"]  # the record keeps it
     assert json.loads((tmp_path / "m.json").read_text())["map"]["python"]["low_confidence"] == 3
+
+
+def test_an_adapters_calibration_maps_every_raw_probability(tmp_path):
+    from instag.tagger.confidence import CALIBRATION_FILE, load_calibration
+
+    assert load_calibration(str(tmp_path)) is None and load_calibration(None) is None
+    (tmp_path / CALIBRATION_FILE).write_text(json.dumps({"method": "isotonic", "x": [0.0, 0.5, 1.0],
+                                                         "y": [0.2, 0.6, 1.0]}))
+    calibrate = load_calibration(str(tmp_path))
+    answer = '["code generation", "python"]'
+    tags = [{"tag": "code generation"}, {"tag": "python"}]
+    attach(tags, answer, 2, token_ends(["code generation", '", "', 'python"]'], answer[2:]),
+           [math.log(0.5), 0.0, math.log(0.25)], "tags", calibrate)
+    assert [t["confidence"] for t in tags] == [0.6, 0.4]  # 0.5 -> 0.6; 0.25 -> halfway from 0.2 to 0.6
+    (tmp_path / CALIBRATION_FILE).write_text(json.dumps({"method": "platt"}))
+    import pytest
+
+    with pytest.raises(ValueError):
+        load_calibration(str(tmp_path))

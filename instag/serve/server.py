@@ -20,7 +20,8 @@ from pathlib import Path
 import httpx
 
 from instag.procs import Terminated, Watchdog, raising_on, stop_group
-from instag.serve.tagger_api import ENV_MAX_QUERY_TOKENS, ENV_TARGET, ENV_TOKENIZER, TaggerMiddleware
+from instag.serve.tagger_api import (ENV_CALIBRATION, ENV_MAX_QUERY_TOKENS, ENV_TARGET, ENV_TOKENIZER,
+                                    TaggerMiddleware)
 from instag.tagger.backends import MAX_QUERY_TOKENS
 from instag.tagger.backends.engine_start import EngineStartError, HeldOutput, failure_cause, fix_hint
 from instag.tagger.backends.vllm_engine import LORA_NAME, cpu_env, engine_kwargs, for_vllm
@@ -96,7 +97,7 @@ class Server:
         max_query = max(64, min(MAX_QUERY_TOKENS, cmd_kw.get("max_model_len", 2048) - QUERY_ROOM))
         env = {**os.environ, "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"), **cpu_env(),
                ENV_TARGET: self.resolved.target, ENV_TOKENIZER: tokenizer_source(served),
-               ENV_MAX_QUERY_TOKENS: str(max_query)}
+               ENV_MAX_QUERY_TOKENS: str(max_query), ENV_CALIBRATION: self.resolved.adapter or ""}
         # The server gets its own session (a terminal's Ctrl-C is ours to handle) and so its own process
         # group, which holds vLLM's engine process too: the unit that stop() and the watchdog stop.
         self.watchdog = Watchdog()

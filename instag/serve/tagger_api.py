@@ -29,6 +29,7 @@ RAW_NAME = f"{SERVED_NAME}-raw"
 ENV_TARGET = "INSTAG_SERVE_TARGET"  # the served tagger's answer format, set by instag serve
 ENV_TOKENIZER = "INSTAG_SERVE_TOKENIZER"  # where to load its tokenizer (text completions render the prompt)
 DEFAULT_MAX_TOKENS = 256  # as instag tag
+ENV_CALIBRATION = "INSTAG_SERVE_CALIBRATION"  # the served adapter's directory, when it ships a calibration
 ENV_MAX_QUERY_TOKENS = "INSTAG_SERVE_MAX_QUERY_TOKENS"  # longer queries are cut, as instag tag cuts them
 TRUNCATED_HEADER = b"x-instag-query-truncated"  # "1" on the response when the query was cut
 _STRUCTURED_KEYS = ("response_format", "structured_outputs", "guided_json", "guided_regex", "guided_choice",
@@ -64,6 +65,9 @@ class TaggerMiddleware:
         self.max_query_tokens = int(os.environ.get(ENV_MAX_QUERY_TOKENS, MAX_QUERY_TOKENS))
         self._tokenizer = None
         self.truncated = False  # set by rewrite(): whether the last query it rewrote was cut
+        from instag.tagger.confidence import load_calibration
+
+        self.calibrate = load_calibration(os.environ.get(ENV_CALIBRATION))
 
     @property
     def tokenizer(self):  # noqa: ANN201
@@ -166,7 +170,7 @@ class TaggerMiddleware:
         if req.get("stream"):
             return await self.app(scope, replay, _StreamPrefixer(send, self.prefix, chat))
         return await self.app(scope, replay, _BodyPrefixer(send, self.prefix, chat, truncated, self.target,
-                                                           keep_logprobs=asked))
+                                                           keep_logprobs=asked, calibrate=self.calibrate))
 
 
 class _PassThrough(Exception):
@@ -194,7 +198,7 @@ class _TruncationNote:
         await self.send(msg)
 
 
-def _choice_tags(choice: dict, prefix: str, chat: bool, target: str) -> list[dict] | None:
+def _choice_tags(choice: dict, prefix: str, chat: bool, target: str, calibrate: Any = None) -> list[dict] | None:
     """``[{"tag", "confidence"}]`` for a choice whose answer (prefix restored) parses, confidences from
     the choice's token logprobs (instag.tagger.confidence); None where it does not parse."""
     from instag.tagger.confidence import CONFIDENCE, attach, token_ends
@@ -213,7 +217,7 @@ def _choice_tags(choice: dict, prefix: str, chat: bool, target: str) -> list[dic
     else:
         pieces, values = lp.get("tokens") or [], lp.get("token_logprobs") or []
     if pieces and all(isinstance(v, (int, float)) for v in values):
-        attach(parsed.tags, answer, len(prefix), token_ends(pieces, answer[len(prefix):]), values, target)
+        attach(parsed.tags, answer, len(prefix), token_ends(pieces, answer[len(prefix):]), values, target, calibrate)
     return [{"tag": t["tag"], **({CONFIDENCE: t[CONFIDENCE]} if CONFIDENCE in t else {})} for t in parsed.tags]
 
 
@@ -224,9 +228,9 @@ class _BodyPrefixer:
     ``"instag": {"query_truncated": true}``."""
 
     def __init__(self, send: Send, prefix: str, chat: bool, truncated: bool = False, target: str = "tags",
-                 keep_logprobs: bool = True):
+                 keep_logprobs: bool = True, calibrate: Any = None):
         self.send, self.prefix, self.chat, self.truncated = send, prefix, chat, truncated
-        self.target, self.keep_logprobs = target, keep_logprobs
+        self.target, self.keep_logprobs, self.calibrate = target, keep_logprobs, calibrate
         self.start: Message | None = None
         self.body = b""
 
@@ -245,7 +249,7 @@ class _BodyPrefixer:
                 payload = json.loads(body)
                 for choice in payload.get("choices", []):
                     _prefix_choice(choice, self.prefix, self.chat)
-                    tags = _choice_tags(choice, self.prefix, self.chat, self.target)
+                    tags = _choice_tags(choice, self.prefix, self.chat, self.target, self.calibrate)
                     if tags is not None:
                         choice["tags"] = tags
                     if not self.keep_logprobs:

@@ -20,11 +20,35 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 CONFIDENCE = "confidence"  # the key in a tag's record
 DIGITS = 4
+# Beside an adapter: a monotone map from the raw probability to the probability that the teacher would
+# have written the tag (isotonic, fitted on held-out predictions: scripts/fit_confidence_calibration.py).
+CALIBRATION_FILE = "confidence_calibration.json"
+
+
+def load_calibration(adapter_dir: str | None) -> Callable[[float], float] | None:
+    """The adapter's calibration as a function, None where it ships none."""
+    if not adapter_dir:
+        return None
+    path = Path(adapter_dir) / CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    if data.get("method") != "isotonic" or not data.get("x") or len(data["x"]) != len(data.get("y", [])):
+        raise ValueError(f"{path}: not an isotonic calibration (method, x, y)")
+    xs, ys = [float(v) for v in data["x"]], [float(v) for v in data["y"]]
+
+    def calibrate(p: float) -> float:
+        return float(np.interp(p, xs, ys))
+
+    return calibrate
 
 
 def token_ends(pieces: Sequence[str], text: str, decode: Any = None, token_ids: Sequence[int] | None = None
@@ -84,10 +108,11 @@ def tag_confidences(answer: str, prefix_len: int, tags: Sequence[str], ends: Seq
 
 
 def attach(tags: list[dict[str, Any]], answer: str, prefix_len: int, ends: Sequence[int] | None,
-           logprobs: Sequence[float] | None, target: str) -> None:
-    """Write ``confidence`` into each parsed tag that the answer holds as written."""
+           logprobs: Sequence[float] | None, target: str, calibrate: Callable[[float], float] | None = None) -> None:
+    """Write ``confidence`` into each parsed tag that the answer holds as written, through the adapter's
+    ``calibrate`` map where it ships one."""
     if not tags or ends is None or logprobs is None or len(ends) != len(logprobs):
         return
     for tag, conf in zip(tags, tag_confidences(answer, prefix_len, [t["tag"] for t in tags], ends, logprobs, target)):
         if conf is not None:
-            tag[CONFIDENCE] = conf
+            tag[CONFIDENCE] = round(calibrate(conf), DIGITS) if calibrate else conf

@@ -118,10 +118,11 @@ def done_ids(output: Path) -> dict[str, str]:
     return {k: r.get("status", "") for k, r in latest_by_id(iter_tag_records(output)).items()}
 
 
-def make_record(q: Query, gen: Generation, model: str, truncated: bool, target: str | None = None
-                ) -> dict[str, Any]:
+def make_record(q: Query, gen: Generation, model: str, truncated: bool, target: str | None = None,
+                calibrate: Any = None) -> dict[str, Any]:
     """The output record of one query; ``target`` (the answer format, where the engine prefilled its
-    opening) lets each tag get its confidence from the engine's token log-probabilities."""
+    opening) lets each tag get its confidence from the engine's token log-probabilities, through the
+    adapter's ``calibrate`` map where it ships one."""
     rec = q.to_record()
     if gen.error is not None:
         rec.update(tags=[], raw=None, model=model, status=STATUS_ERROR, error=gen.error)
@@ -129,7 +130,7 @@ def make_record(q: Query, gen: Generation, model: str, truncated: bool, target: 
         parsed = parse_tags(gen.text)
         if target is not None and gen.text is not None:
             attach_confidence(parsed.tags, gen.text, len(ANSWER_PREFIX[target]), gen.token_ends, gen.token_logprobs,
-                              target)
+                              target, calibrate)
         rec.update(tags=parsed.tags, raw=gen.text, model=model, status=parsed.status, error=parsed.error)
     rec.update(prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens, truncated=truncated)
     return rec
@@ -270,7 +271,8 @@ def _run_batched(backend: Any, prepared: Iterable[tuple[Query, str, bool]], opts
     if hasattr(backend, "stream"):
         # vLLM: the whole input as one continuous batch, each answer written as it finishes.
         for (q, cut), gen in backend.stream(((q, cut), text) for q, text, cut in prepared):
-            emit(make_record(q, gen, backend.name, cut, getattr(backend, "target", None)))
+            emit(make_record(q, gen, backend.name, cut, getattr(backend, "target", None),
+                             getattr(backend, "calibrate", None)))
         return
     # Sort by length inside windows so that a batch pads little, while output stays near input order.
     window = max(opts.batch_size * 16, 1)
@@ -280,7 +282,8 @@ def _run_batched(backend: Any, prepared: Iterable[tuple[Query, str, bool]], opts
             batch = chunk[b:b + opts.batch_size]
             gens = backend.generate([text for _, text, _ in batch])
             for (q, _, cut), gen in zip(batch, gens):
-                emit(make_record(q, gen, backend.name, cut, getattr(backend, "target", None)))
+                emit(make_record(q, gen, backend.name, cut, getattr(backend, "target", None),
+                             getattr(backend, "calibrate", None)))
 
 
 async def _run_async(backend: Any, prepared: Iterable[tuple[Query, str, bool]], opts: TagOptions,
@@ -306,7 +309,8 @@ async def _run_async(backend: Any, prepared: Iterable[tuple[Query, str, bool]], 
             finished, live = await asyncio.wait(live, return_when=asyncio.FIRST_COMPLETED)
             for task in finished:
                 (q, _, cut), gen = task.result()
-                emit(make_record(q, gen, backend.name, cut, getattr(backend, "target", None)))
+                emit(make_record(q, gen, backend.name, cut, getattr(backend, "target", None),
+                             getattr(backend, "calibrate", None)))
     finally:
         for task in live:
             task.cancel()

@@ -6,7 +6,7 @@ import logging
 import os
 
 from instag.tagger.backends import Generation, truncate_tokens
-from instag.tagger.confidence import token_ends
+from instag.tagger.confidence import load_calibration, token_ends
 from instag.tagger.models import ResolvedModel, load_model
 from instag.tagger.prompt import ANSWER_PREFIX, render_prompt, template_ids
 
@@ -35,6 +35,7 @@ class HFBackend:
         self.device = self.model.device
         self.prefix_cache = prefix_cache
         self.confidence = confidence  # keep each step's logits for the tags' confidences
+        self.calibrate = load_calibration(resolved.adapter)  # the adapter's confidence calibration, if any
         self._prefix: tuple[list[int], object] | None = None  # (template tokens, their KV cache)
 
     @property

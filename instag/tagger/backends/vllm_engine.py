@@ -26,7 +26,7 @@ from instag.procs import Watchdog
 from instag.tagger.backends import Generation, truncate_tokens
 from instag.tagger.backends.engine_start import (EngineStartError, StartupLog, cpu_kv_cache_bytes, failure_cause,
                                                  fix_hint)
-from instag.tagger.confidence import token_ends
+from instag.tagger.confidence import load_calibration, token_ends
 from instag.tagger.models import ResolvedModel, merge_adapter, tokenizer_source
 from instag.tagger.prompt import ANSWER_PREFIX, answer_pattern, render_prompt
 
@@ -174,6 +174,7 @@ class VLLMBackend:
         self.max_new_tokens = max_new_tokens
         self.guided = guided
         self.confidence = confidence
+        self.calibrate = load_calibration(self.resolved.adapter)  # the adapter's confidence calibration, if any
         if engines > 1 and not engine_kw.get("kv_cache_bytes") and on_gpu():  # engines sharing one GPU
             engine_kw["kv_cache_bytes"] = shared_kv_bytes(engines)
         # vLLM's engine runs in processes of its own (EngineCore and its worker), which survive this one
