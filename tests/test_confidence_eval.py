@@ -172,10 +172,13 @@ def test_isotonic_calibrator_round_trip_and_lower_ece(tmp_path):
 
     conf, ok = _miscalibrated(0)
     cal = IsotonicCalibrator.fit(list(conf) + [None], list(ok) + [True])  # the unknown pair is left out
-    # np.interp through the fitted points is what scikit-learn predicts
+    # one point in the middle of each of scikit-learn's flat blocks, at its value, joined by straight lines:
+    # monotone, and no near-vertical step for float noise to jump across
     ir = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(conf, ok.astype(float))
     probe = np.linspace(-0.1, 1.1, 57)
-    assert np.allclose(cal.apply_array(probe), ir.predict(np.clip(probe, 0, 1)))
+    assert np.allclose(cal.apply_array(cal.x), ir.predict(np.array(cal.x)))
+    assert np.all(np.diff(cal.apply_array(probe)) >= 0)
+    assert max(np.diff(cal.y) / np.diff(cal.x)) < max(np.diff(ir.y_thresholds_) / np.maximum(np.diff(ir.X_thresholds_), 1e-12))
     data = json.loads(json.dumps(cal.to_json()))
     assert data["method"] == "isotonic" and len(data["x"]) == len(data["y"])
     again = IsotonicCalibrator.from_json(data)

@@ -266,7 +266,17 @@ class IsotonicCalibrator:
         if not known.any():
             raise ValueError("no (confidence, correct) pair to fit a calibrator on")
         ir = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(conf[known], ok[known])
-        return cls(x=[float(v) for v in ir.X_thresholds_], y=[float(v) for v in ir.y_thresholds_])
+        # The fit is a staircase: flat blocks joined by near-vertical steps, where a raw difference of 0.001
+        # (two engines' float arithmetic) can move the calibrated value by 0.1. One point at the middle of
+        # each block, joined by straight lines, keeps it monotone and its slopes moderate.
+        xs, ys = [], []
+        for x, y in zip(ir.X_thresholds_, ir.y_thresholds_):
+            if ys and y == ys[-1][1]:
+                xs[-1].append(float(x))
+            else:
+                xs.append([float(x)])
+                ys.append((len(xs) - 1, float(y)))
+        return cls(x=[(b[0] + b[-1]) / 2 for b in xs], y=[y for _, y in ys])
 
     def apply(self, conf: float | None) -> float | None:
         """The calibrated confidence (clipped at the ends of the fitted range); None stays None."""
