@@ -112,9 +112,6 @@ def test_instag_tag_through_the_server_with_guided_json(server, alpaca_file, tmp
     assert len(recs) == 12
     assert all(r["model"] == "instag-tagger" and r["raw"].startswith('["') for r in recs)  # prefilled
     assert all(guided_answer_ok(r, 24) for r in recs), [r["raw"] for r in recs]
-    # the server's logprobs give the tags their confidences, as the offline engines do
-    closed = [t for r in recs if r["status"] == "ok" for t in r["tags"] if '"' + t["tag"] + '"' in r["raw"]]
-    assert closed and all(0 < t["confidence"] <= 1 for t in closed)
     assert runner.invoke(app, args).exit_code == 0 and len(read_jsonl(out)) == 12  # resume: nothing redone
 
 
@@ -290,7 +287,12 @@ def test_stream_gives_generates_answers_as_they_finish_and_aborts_the_rest(adapt
         # answers, as vLLM's own tokenizing of the text prompts.
         outs = backend.llm.generate([backend.prompt(q) for q in queries], backend.sampling_params(),
                                     lora_request=backend.lora, use_tqdm=False)
-        assert [backend._generation(o) for o in outs] == want
+        again = [backend._generation(o) for o in outs]
+        assert [(g.text, g.prompt_tokens, g.completion_tokens, g.token_ends) for g in again] == \
+            [(g.text, g.prompt_tokens, g.completion_tokens, g.token_ends) for g in want]
+        # the sampled tokens' log-probabilities too, to float tolerance (other batches, other arithmetic)
+        assert all(len(a.token_logprobs) == len(b.token_logprobs) and
+                   all(abs(x - y) < 1e-3 for x, y in zip(a.token_logprobs, b.token_logprobs)) for a, b in zip(again, want))
 
         # The prompt template every query shares comes from vLLM's prefix cache, in whole KV blocks: a
         # new query is computed from where the template's last full block ends.
@@ -379,7 +381,8 @@ def test_shipped_tagger_endpoint_answers_as_instag_tag(tmp_path):
     res = runner.invoke(app, ["tag", str(src), "-o", str(tmp_path / "tags.jsonl"), "--model", "local", "-q"])
     assert res.exit_code == 0, res.output
     want = {r["id"]: [t["tag"] for t in r["tags"]] for r in read_jsonl(tmp_path / "tags.jsonl")}
-    want_conf = {r["id"]: [t["confidence"] for t in r["tags"]] for r in read_jsonl(tmp_path / "tags.jsonl")}
+    # (a tag the parser re-spaced is not in the answer as written: it has no confidence, here or there)
+    want_conf = {r["id"]: [t.get("confidence") for t in r["tags"]] for r in read_jsonl(tmp_path / "tags.jsonl")}
 
     with Server(resolve("local"), port=free_port(), log_path=tmp_path / "server.log").start(max_model_len=2048) as srv:
         async def ask_all():
@@ -395,14 +398,12 @@ def test_shipped_tagger_endpoint_answers_as_instag_tag(tmp_path):
     same = sum(got[k] == want[k] for k in want)
     print(f"endpoint vs instag tag --model local: {same}/{len(want)} identical tag lists")
     assert same >= 0.95 * len(want), [(want[k], got[k]) for k in want if got[k] != want[k]]
-    # Each choice carries its parsed tags with their confidences (a field plain clients ignore), the
-    # probabilities instag tag writes; the logprobs the endpoint asked for itself are not passed on.
+    # Each choice carries its parsed tags (a field plain clients ignore); their confidences there are not built
+    # yet (docs/design.md), and no logprobs are added to what the client asked for.
     extra = {k: resp.choices[0].model_extra["tags"] for k, resp in resps.items()}
     assert all(resp.choices[0].logprobs is None for resp in resps.values())
     assert all([t["tag"] for t in extra[k]] == got[k] for k in want)
-    diffs = sorted(abs(t["confidence"] - c) for k in want if got[k] == want[k] for t, c in zip(extra[k], want_conf[k]))
-    print(f"endpoint vs instag tag confidences: median |diff| {diffs[len(diffs) // 2]:.4f}, max {diffs[-1]:.4f}")
-    assert diffs[int(0.95 * len(diffs))] <= 0.02
+    assert all(c is not None for cs in want_conf.values() for c in cs[:1])  # instag tag's records carry them
 
 
 def test_a_query_longer_than_the_context_is_cut_and_tagged_not_refused(server):

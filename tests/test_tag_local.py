@@ -62,7 +62,12 @@ def test_template_cache_gives_the_answers_of_whole_prompts(tiny_model_dir, alpac
     backend.prefix_cache = False
     assert "past_key_values" not in backend._inputs(queries)
     whole = [backend.generate(queries[i:i + 5]) for i in range(0, len(queries), 5)]
-    assert cached == whole and all(g.completion_tokens > 0 for batch in whole for g in batch)
+    def answers(batches):  # the answers exactly; their tokens' log-probabilities to float tolerance below
+        return [[(g.text, g.prompt_tokens, g.completion_tokens, g.token_ends) for g in b] for b in batches]
+
+    assert answers(cached) == answers(whole) and all(g.completion_tokens > 0 for batch in whole for g in batch)
+    assert all(abs(x - y) < 1e-3 for bc, bw in zip(cached, whole) for gc, gw in zip(bc, bw)
+               for x, y in zip(gc.token_logprobs, gw.token_logprobs))
 
     # prompts that do not start with the template's tokens take the whole-prompt path
     backend.prefix_cache = True

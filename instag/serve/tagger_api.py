@@ -116,11 +116,6 @@ class TaggerMiddleware:
                 return None  # token prompts: the client rendered them itself
         if not any(req.get(k) is not None for k in _STRUCTURED_KEYS):
             out["structured_outputs"] = {"regex": answer_pattern(self.target)}
-        if not req.get("stream"):  # the sampled tokens' logprobs give each tag its confidence (_BodyPrefixer)
-            if path.endswith("/chat/completions"):
-                out["logprobs"] = True
-            elif req.get("logprobs") is None:
-                out["logprobs"] = 0
         out.setdefault("temperature", 0.0)  # tags, not samples: greedy, as instag tag
         if out.get("max_tokens") is None and out.get("max_completion_tokens") is None:
             out["max_tokens"] = DEFAULT_MAX_TOKENS
@@ -223,9 +218,8 @@ def _choice_tags(choice: dict, prefix: str, chat: bool, target: str, calibrate: 
 
 class _BodyPrefixer:
     """A whole JSON response: each choice's answer gets the prefix back (and the length its new size) and
-    a ``tags`` field, the parsed tags with their confidences (plain clients ignore it); the logprobs the
-    middleware asked for are dropped unless the client asked too. A cut query adds
-    ``"instag": {"query_truncated": true}``."""
+    a ``tags`` field, the parsed tags (plain clients ignore it; with confidences where the choice's logprobs
+    line up with its answer). A cut query adds ``"instag": {"query_truncated": true}``."""
 
     def __init__(self, send: Send, prefix: str, chat: bool, truncated: bool = False, target: str = "tags",
                  keep_logprobs: bool = True, calibrate: Any = None):

@@ -34,7 +34,7 @@ class HFBackend:
         self.tokenizer, self.model = load_model(resolved, device=device, dtype=dtype)
         self.device = self.model.device
         self.prefix_cache = prefix_cache
-        self.confidence = confidence  # keep each step's logits for the tags' confidences
+        self.confidence = confidence  # record each chosen token's log-probability (the tags' confidences)
         self.calibrate = load_calibration(resolved.adapter)  # the adapter's confidence calibration, if any
         self._prefix: tuple[list[int], object] | None = None  # (template tokens, their KV cache)
 

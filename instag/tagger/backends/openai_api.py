@@ -15,7 +15,6 @@ import openai
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from instag.tagger.backends import Generation
-from instag.tagger.confidence import token_ends
 from instag.tagger.prompt import ANSWER_PREFIX, Target, answer_pattern, build_messages
 
 log = logging.getLogger(__name__)
@@ -50,8 +49,7 @@ class OpenAIBackend:
         # neither continues a message nor takes a regex: leave guided off there.
         self.prefix = ANSWER_PREFIX[target] if guided else ""
         self.extra = {"extra_body": {"add_generation_prompt": False, "continue_final_message": True,
-                                     "structured_outputs": {"regex": answer_pattern(target)}},
-                      "logprobs": True} if guided else {}  # logprobs: the tags' confidences, as offline
+                                     "structured_outputs": {"regex": answer_pattern(target)}}} if guided else {}
         # Our own retry loop (max_retries=0 here) so that every kind of fault is counted alike.
         self.client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "EMPTY", timeout=timeout,
                                          max_retries=0)
@@ -76,15 +74,9 @@ class OpenAIBackend:
             raise openai.APIResponseValidationError(response=httpx.Response(200, request=httpx.Request(
                 "POST", str(self.client.base_url))), body=None, message="response has no choices")
         usage = resp.usage
-        text = resp.choices[0].message.content or ""
-        ends = lps = None
-        content = getattr(resp.choices[0].logprobs, "content", None) if self.prefix else None
-        if content:  # the continuation's tokens, after the prefilled opening (instag.tagger.confidence)
-            lps = [c.logprob for c in content]
-            ends = token_ends([c.token for c in content], text)
-        return Generation(text=self.prefix + text, prompt_tokens=usage.prompt_tokens if usage else 0,
-                          completion_tokens=usage.completion_tokens if usage else 0, token_ends=ends,
-                          token_logprobs=lps)
+        return Generation(text=self.prefix + (resp.choices[0].message.content or ""),
+                          prompt_tokens=usage.prompt_tokens if usage else 0,
+                          completion_tokens=usage.completion_tokens if usage else 0)
 
     async def agenerate(self, query: str) -> Generation:
         try:
