@@ -145,7 +145,15 @@ def token_counts(texts: list[str]) -> list[int]:
     return [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
 
 
-def cluster(texts: list[str]) -> list[int]:
+def kept_prefix(path: Path, n: int) -> tuple[list[bytes], set, set]:
+    """(the first ``n`` lines of queries.jsonl byte for byte, their ids, their normalized texts)."""
+    lines = path.read_bytes().split(b"\n")[:n]
+    recs = [json.loads(line) for line in lines]
+    assert len(recs) == n, f"queries.jsonl must start with the {n:,} queries drawn before"
+    return lines, {r["id"] for r in recs}, {norm(r["query"]) for r in recs}
+
+
+def cluster(texts: list[str], seed: int = SEED) -> list[int]:
     from sklearn.cluster import KMeans
 
     from instag.select.normalize import sentence_transformer_embedder
@@ -153,7 +161,7 @@ def cluster(texts: list[str]) -> list[int]:
     # The first 128 word pieces carry what a query is about; 256 (the model's limit) took twice as long on
     # 2 cores. Unit vectors, so k-means works by cosine.
     vecs = sentence_transformer_embedder(batch_size=64, max_seq_length=EMBED_TOKENS)(texts)
-    return KMeans(n_clusters=N_CLUSTERS, random_state=SEED, n_init=4).fit_predict(vecs).tolist()
+    return KMeans(n_clusters=N_CLUSTERS, random_state=seed, n_init=4).fit_predict(vecs).tolist()
 
 
 def dumps(rec: dict) -> str:
@@ -164,11 +172,7 @@ def dumps(rec: dict) -> str:
 
 def main() -> None:
     path = SEED_DIR / "queries.jsonl"
-    v1_lines = path.read_bytes().split(b"\n")[:V1_LINES]
-    v1 = [json.loads(line) for line in v1_lines]
-    assert len(v1) == V1_LINES, "queries.jsonl must start with the 1,500 seed v1 queries"
-    taken_ids = {r["id"] for r in v1}
-    taken_texts = {norm(r["query"]) for r in v1}
+    v1_lines, taken_ids, taken_texts = kept_prefix(path, V1_LINES)
 
     def fresh(recs: list[dict]) -> list[dict]:
         out = []

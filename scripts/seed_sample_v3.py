@@ -32,7 +32,6 @@ is the 41st row of batch_089.
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 from collections import Counter
@@ -42,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from seed_sample_v2 import EMBED_TOKENS, MIN_CHARS, N_CLUSTERS, draw_evenly, dumps, norm, script  # noqa: E402
+from seed_sample_v2 import MIN_CHARS, N_CLUSTERS, cluster, draw_evenly, dumps, kept_prefix, norm, script  # noqa: E402
 
 from instag.select.pool import SHAREGPT_SOURCE, iter_sources  # noqa: E402
 
@@ -80,22 +79,9 @@ def language(text: str) -> str:
     return best.lang if best.lang != "en" and best.prob >= LANG_PROB else "en"
 
 
-def cluster(texts: list[str]) -> list[int]:
-    from sklearn.cluster import KMeans
-
-    from instag.select.normalize import sentence_transformer_embedder
-
-    vecs = sentence_transformer_embedder(batch_size=64, max_seq_length=EMBED_TOKENS)(texts)
-    return KMeans(n_clusters=N_CLUSTERS, random_state=SEED, n_init=4).fit_predict(vecs).tolist()
-
-
 def main() -> None:
     path = SEED_DIR / "queries.jsonl"
-    kept = path.read_bytes().split(b"\n")[:V2_LINES]
-    old = [json.loads(line) for line in kept]
-    assert len(old) == V2_LINES, "queries.jsonl must start with the 4,440 seed v1 + v2 queries"
-    taken_ids = {r["id"] for r in old}
-    taken_texts = {norm(r["query"]) for r in old}
+    kept, taken_ids, taken_texts = kept_prefix(path, V2_LINES)
 
     cands = []
     for r in iter_sources([SHAREGPT_SOURCE]):
@@ -109,7 +95,7 @@ def main() -> None:
     print("candidates:", dict(Counter(r["kind"] for r in cands)))
 
     english = [r for r in cands if r["kind"] != "non-english"]
-    for r, c in zip(english, cluster([r["query"] for r in english])):
+    for r, c in zip(english, cluster([r["query"] for r in english], seed=SEED)):
         r["cluster"] = c
     rng = random.Random(SEED)
 

@@ -135,10 +135,8 @@ class TaggerMiddleware:
             msg = await receive()
             body += msg.get("body", b"")
             more = msg.get("more_body", False)
-        asked = False  # whether the client itself asked for logprobs (else the ones we add are dropped)
         try:
             req = json.loads(body)
-            asked = isinstance(req, dict) and req.get("logprobs") is not None and req.get("logprobs") is not False
             rewritten = self.rewrite(scope["path"], req) if isinstance(req, dict) else None
         except (ValueError, _PassThrough):
             rewritten = None
@@ -165,7 +163,7 @@ class TaggerMiddleware:
         if req.get("stream"):
             return await self.app(scope, replay, _StreamPrefixer(send, self.prefix, chat))
         return await self.app(scope, replay, _BodyPrefixer(send, self.prefix, chat, truncated, self.target,
-                                                           keep_logprobs=asked, calibrate=self.calibrate))
+                                                           calibrate=self.calibrate))
 
 
 class _PassThrough(Exception):
@@ -222,9 +220,9 @@ class _BodyPrefixer:
     line up with its answer). A cut query adds ``"instag": {"query_truncated": true}``."""
 
     def __init__(self, send: Send, prefix: str, chat: bool, truncated: bool = False, target: str = "tags",
-                 keep_logprobs: bool = True, calibrate: Any = None):
+                 calibrate: Any = None):
         self.send, self.prefix, self.chat, self.truncated = send, prefix, chat, truncated
-        self.target, self.keep_logprobs, self.calibrate = target, keep_logprobs, calibrate
+        self.target, self.calibrate = target, calibrate
         self.start: Message | None = None
         self.body = b""
 
@@ -246,8 +244,6 @@ class _BodyPrefixer:
                     tags = _choice_tags(choice, self.prefix, self.chat, self.target, self.calibrate)
                     if tags is not None:
                         choice["tags"] = tags
-                    if not self.keep_logprobs:
-                        choice["logprobs"] = None
                 if self.truncated:
                     payload["instag"] = {"query_truncated": True}
                 body = json.dumps(payload).encode()
