@@ -448,6 +448,8 @@ def distill_cmd(
     no_resume: bool = typer.Option(False, help="Start over even if checkpoints exist."),
     bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bf16 mixed precision (default: where "
                                         "the GPU or CPU computes bf16 natively, e.g. AVX-512 BF16)."),
+    init_adapter: Optional[str] = typer.Option(None, help="Continue from this adapter (registry name or path) "
+                                               "with a fresh schedule, e.g. a shipped tagger on new data."),
 ) -> None:
     """Fine-tune a LoRA adapter on teacher tags (loss on answer tokens only); resumable."""
     from instag.distill.train import DistillConfig, distill
@@ -456,7 +458,8 @@ def distill_cmd(
                         eval_file=str(eval_file) if eval_file else None, r=r, alpha=alpha, dropout=dropout,
                         target_modules=[m.strip() for m in target_modules.split(",") if m.strip()], epochs=epochs,
                         lr=lr, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, seed=seed,
-                        save_steps=save_steps, max_steps=max_steps, name=name, bf16=bf16)
+                        save_steps=save_steps, max_steps=max_steps, name=name, bf16=bf16,
+                        init_adapter=init_adapter)
     try:
         res = distill(cfg, resume=not no_resume)
     except (InputError, ValueError) as e:

@@ -44,6 +44,7 @@ class DistillConfig:
     name: str | None = None
     max_steps: int = -1  # for smoke runs
     bf16: bool | None = None  # None: where the hardware computes bf16 natively (bf16_native())
+    init_adapter: str | None = None  # continue from this adapter's weights (its LoRA shape wins over r/alpha)
 
 
 @dataclass
@@ -116,6 +117,25 @@ def _save_each_epoch(out: Path):
     return SaveEachEpoch()
 
 
+def _continue_from(model, spec: str, base: ResolvedModel):  # noqa: ANN001, ANN202
+    """The base model with a trained adapter loaded as trainable, in float32 (shipped adapters are saved in
+    float16): a new run continues from its weights with a fresh optimizer and schedule."""
+    import torch
+    from peft import PeftModel
+
+    init = resolve(spec)
+    if not init.adapter:
+        raise ValueError(f"--init-adapter must be a LoRA adapter, not a base model ({spec})")
+    if init.base != base.base:
+        raise ValueError(f"--init-adapter {spec} was trained on {init.base}, not on --base {base.base}")
+    model = PeftModel.from_pretrained(model, init.adapter, is_trainable=True)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.to(torch.float32)
+    log.info("continuing from adapter %s", init.adapter)
+    return model
+
+
 def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, callbacks: list | None = None
             ) -> DistillResult:
     import torch
@@ -141,9 +161,12 @@ def distill(cfg: DistillConfig, resume: bool = True, progress: bool = True, call
              train.skipped_status, train.skipped_empty, train.skipped_too_long)
 
     model = AutoModelForCausalLM.from_pretrained(base.base, dtype=torch.float32)
-    lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules,
-                      task_type="CAUSAL_LM")
-    model = get_peft_model(model, lora)
+    if cfg.init_adapter:
+        model = _continue_from(model, cfg.init_adapter, base)
+    else:
+        lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                          target_modules=cfg.target_modules, task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
 
     def to_ds(examples):
         return Dataset.from_list([e.to_dict() for e in examples])
