@@ -3,7 +3,7 @@
 import json
 import math
 
-from instag.tagger.confidence import attach, tag_confidences, token_ends
+from instag.tagger.confidence import attach, chat_token_ends, tag_confidences, token_ends
 from instag.tagger.prompt import ANSWER_PREFIX
 from tests.conftest import REPO, read_jsonl, write_jsonl
 
@@ -42,6 +42,27 @@ def test_offsets_fall_back_to_decoding_when_pieces_do_not_join():
     decoded = {1: "ca", 2: "caf", 3: "caf\u00e9"}
     assert token_ends(pieces, text) is None
     assert token_ends(pieces, text, lambda x: decoded[len(x)], ids) == [2, 3, 4]
+
+
+def test_server_logprobs_line_up_with_the_answer_past_its_end_of_turn_token():
+    """A vLLM server's chat logprobs list the end-of-turn token the answer text leaves out, and carry each
+    token's bytes (exact where a character is split over tokens)."""
+    text = 'caf\u00e9", "python"]'
+    content = [{"token": "ca", "bytes": list(b"ca"), "logprob": -0.1},
+               {"token": "f\ufffd", "bytes": list(b"f\xc3"), "logprob": -0.2},
+               {"token": "\ufffd\"", "bytes": list(b"\xa9\""), "logprob": -0.3},
+               {"token": ', "', "bytes": list(b', "'), "logprob": -0.0},
+               {"token": 'python"]', "bytes": list(b'python"]'), "logprob": -0.5},
+               {"token": "<|im_end|>", "bytes": list(b"<|im_end|>"), "logprob": 0.0}]
+    ends, lps = chat_token_ends(content, text)
+    assert ends == [2, 3, 5, 8, 16, 26] and lps[-1] == 0.0
+    answer = '["' + text
+    assert tag_confidences(answer, 2, ["caf\u00e9", "python"], ends, lps, "tags") == [
+        round(math.exp(-0.6), 4), round(math.exp(-0.5), 4)]
+    # texts alone: the split character does not join, so they do not line up
+    assert chat_token_ends([{k: v for k, v in c.items() if k != "bytes"} for c in content], text) is None
+    assert token_ends(["ab", "c", "<|im_end|>"], "abc") == [2, 3, 13]
+    assert token_ends(["ab", "x"], "abc") is None
 
 
 def test_a_tag_not_written_as_is_gets_none():

@@ -349,9 +349,15 @@ def test_plain_chat_request_gets_a_tag_list(server):
                    json={"model": "instag-tagger", "max_tokens": limit, "messages": [{"role": "user", "content": query}]})
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == answer  # greedy by default
 
-    chunks = client.chat.completions.create(model="instag-tagger", max_tokens=limit, stream=True,
-                                            messages=[{"role": "user", "content": query}])
+    chunks = list(client.chat.completions.create(model="instag-tagger", max_tokens=limit, stream=True,
+                                                 messages=[{"role": "user", "content": query}]))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == answer
+    # the tags field (on the last event of a stream) and no logprobs the client did not ask for
+    assert resp.choices[0].logprobs is None and all(c.choices[0].logprobs is None for c in chunks if c.choices)
+    last = [c for c in chunks if c.choices and c.choices[0].finish_reason][-1].choices[0]
+    if rec["status"] == "ok":
+        assert [t["tag"] for t in resp.choices[0].model_extra["tags"]] == rec["tags"] == [
+            t["tag"] for t in last.model_extra["tags"]]
 
     done = client.completions.create(model="instag-tagger", prompt=query, max_tokens=limit)
     assert done.choices[0].text == answer
@@ -394,16 +400,42 @@ def test_shipped_tagger_endpoint_answers_as_instag_tag(tmp_path):
                 await client.close()
 
         resps = dict(zip([r["id"] for r in rows], asyncio.run(ask_all())))
+        client = openai.OpenAI(base_url=srv.base_url, api_key="none")
+        streamed = {}
+        for r in rows[:8]:
+            events = list(client.chat.completions.create(model="instag-tagger", stream=True,
+                                                         messages=[{"role": "user", "content": r["query"]}]))
+            streamed[r["id"]] = [e for e in events if e.choices and e.choices[0].finish_reason][-1].choices[0].model_extra["tags"]
+        res = runner.invoke(app, ["tag", str(src), "-o", str(tmp_path / "client.jsonl"), "--model", "openai:instag-tagger",
+                                  "--base-url", srv.base_url, "--guided", "--target", "tags", "-q"])
+        assert res.exit_code == 0, res.output
+        client_tags = {r["id"]: r["tags"] for r in read_jsonl(tmp_path / "client.jsonl")}
     got = {k: _tags_of(resp.choices[0].message.content) for k, resp in resps.items()}
     same = sum(got[k] == want[k] for k in want)
     print(f"endpoint vs instag tag --model local: {same}/{len(want)} identical tag lists")
     assert same >= 0.95 * len(want), [(want[k], got[k]) for k in want if got[k] != want[k]]
-    # Each choice carries its parsed tags (a field plain clients ignore); their confidences there are not built
-    # yet (docs/design.md), and no logprobs are added to what the client asked for.
+    # Each choice carries its parsed tags with their confidences (a field plain clients ignore), the
+    # calibrated probabilities instag tag writes; the logprobs the endpoint asked for itself are not passed on.
     extra = {k: resp.choices[0].model_extra["tags"] for k, resp in resps.items()}
     assert all(resp.choices[0].logprobs is None for resp in resps.values())
     assert all([t["tag"] for t in extra[k]] == got[k] for k in want)
-    assert all(c is not None for cs in want_conf.values() for c in cs[:1])  # instag tag's records carry them
+
+    def conf_diffs(have: dict) -> list[float]:
+        """|confidence - instag tag's| over the queries whose tag list is instag tag's."""
+        ids = [k for k in have if [t["tag"] for t in have[k]] == want[k]]
+        assert len(ids) >= 0.9 * len(have)
+        pairs = [(t.get("confidence"), c) for k in ids for t, c in zip(have[k], want_conf[k])]
+        assert all((a is None) == (b is None) for a, b in pairs), pairs
+        return sorted(abs(a - b) for a, b in pairs if a is not None)
+
+    diffs = conf_diffs(extra)
+    print(f"endpoint vs instag tag confidences: median |diff| {diffs[len(diffs) // 2]:.4f}, max {diffs[-1]:.4f}")
+    assert len(diffs) >= 2 * len(want) and diffs[int(0.95 * len(diffs))] <= 0.02
+    # streamed: the event that finishes the answer carries the same field; instag's own client (openai:
+    # instag-tagger, the prefilled request it sends) writes the server's confidences into its records
+    for have in (streamed, client_tags):
+        d = conf_diffs(have)
+        assert len(d) >= 2 * len(have) and d[int(0.95 * len(d))] <= 0.02
 
 
 def test_a_query_longer_than_the_context_is_cut_and_tagged_not_refused(server):

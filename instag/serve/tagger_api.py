@@ -116,6 +116,13 @@ class TaggerMiddleware:
                 return None  # token prompts: the client rendered them itself
         if not any(req.get(k) is not None for k in _STRUCTURED_KEYS):
             out["structured_outputs"] = {"regex": answer_pattern(self.target)}
+        # The sampled tokens' logprobs give each tag its confidence (_choice_tags); dropped from the response
+        # unless the client asked for them itself.
+        if path.endswith("/chat/completions"):
+            if not req.get("logprobs"):
+                out.update(logprobs=True, top_logprobs=None)
+        elif req.get("logprobs") is None:
+            out["logprobs"] = 0
         out.setdefault("temperature", 0.0)  # tags, not samples: greedy, as instag tag
         if out.get("max_tokens") is None and out.get("max_completion_tokens") is None:
             out["max_tokens"] = DEFAULT_MAX_TOKENS
@@ -135,8 +142,10 @@ class TaggerMiddleware:
             msg = await receive()
             body += msg.get("body", b"")
             more = msg.get("more_body", False)
+        asked = False  # whether the client asked for logprobs itself (else the ones we add are dropped)
         try:
             req = json.loads(body)
+            asked = isinstance(req, dict) and req.get("logprobs") not in (None, False)
             rewritten = self.rewrite(scope["path"], req) if isinstance(req, dict) else None
         except (ValueError, _PassThrough):
             rewritten = None
@@ -155,15 +164,39 @@ class TaggerMiddleware:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()  # then the client's disconnect, if any
 
+        chat = scope["path"].endswith("/chat/completions")
+        if rewritten is None and self._own_client(scope["path"], body):
+            # instag's own client (openai:instag-tagger): its answer keeps the form it asked for, and gains
+            # the tags field with calibrated confidences where it asked for logprobs.
+            return await self.app(scope, replay, _BodyPrefixer(send, self.prefix, chat, target=self.target,
+                                                               calibrate=self.calibrate, restore=False,
+                                                               tokenizer=self._tokenizer_or_none))
         if rewritten is None or not restore:
             return await self.app(scope, replay, send)
-        chat = scope["path"].endswith("/chat/completions")
         if truncated:
             send = _TruncationNote(send)
         if req.get("stream"):
-            return await self.app(scope, replay, _StreamPrefixer(send, self.prefix, chat))
+            return await self.app(scope, replay, _StreamPrefixer(send, self.prefix, chat, self.target,
+                                                                 self.calibrate, asked, self._tokenizer_or_none))
         return await self.app(scope, replay, _BodyPrefixer(send, self.prefix, chat, truncated, self.target,
-                                                           calibrate=self.calibrate))
+                                                           calibrate=self.calibrate, keep_logprobs=asked,
+                                                           tokenizer=self._tokenizer_or_none))
+
+    def _own_client(self, path: str, body: bytes) -> bool:
+        """A non-streamed chat request of instag's own client to the tagger (the prefilled answer opening)."""
+        try:
+            req = json.loads(body)
+        except ValueError:
+            return False
+        messages = req.get("messages") if isinstance(req, dict) else None
+        return (path.endswith("/chat/completions") and req.get("model") == SERVED_NAME and not req.get("stream")
+                and isinstance(messages, list) and bool(messages) and isinstance(messages[-1], dict)
+                and messages[-1].get("role") == "assistant" and messages[-1].get("content") == self.prefix
+                and bool(req.get("continue_final_message")))
+
+    def _tokenizer_or_none(self):  # noqa: ANN202
+        """The tokenizer where the server names it (ids in logprobs, ``token_id:N``, decode through it)."""
+        return self.tokenizer if os.environ.get(ENV_TOKENIZER) else None
 
 
 class _PassThrough(Exception):
@@ -191,10 +224,34 @@ class _TruncationNote:
         await self.send(msg)
 
 
-def _choice_tags(choice: dict, prefix: str, chat: bool, target: str, calibrate: Any = None) -> list[dict] | None:
+def _logprob_ends(lp: dict, answer: str, chat: bool, tokenizer: Callable[[], Any] | None
+                  ) -> tuple[list[int], list[float]] | None:
+    """Token end offsets in ``answer`` (the generated text) and log-probabilities, from a choice's logprobs
+    (chat: ``content`` with each token's bytes; completions: ``tokens``, which are ``token_id:N`` where the
+    client asked for ids, decoded through the tokenizer)."""
+    from instag.tagger.confidence import chat_token_ends, token_ends
+
+    if chat:
+        return chat_token_ends(lp.get("content") or [], answer)
+    pieces, values = lp.get("tokens") or [], lp.get("token_logprobs") or []
+    if not pieces or len(pieces) != len(values) or not all(isinstance(v, (int, float)) for v in values):
+        return None
+    if all(p.startswith("token_id:") for p in pieces):
+        tok = tokenizer() if tokenizer else None
+        if tok is None:
+            return None
+        ids = [int(p[len("token_id:"):]) for p in pieces]
+        ends = token_ends([], answer, tok.decode, ids) if answer else [0] * len(ids)
+    else:
+        ends = token_ends(pieces, answer)
+    return (ends, [float(v) for v in values]) if ends is not None else None
+
+
+def _choice_tags(choice: dict, prefix: str, chat: bool, target: str, calibrate: Any = None,
+                 tokenizer: Callable[[], Any] | None = None) -> list[dict] | None:
     """``[{"tag", "confidence"}]`` for a choice whose answer (prefix restored) parses, confidences from
-    the choice's token logprobs (instag.tagger.confidence); None where it does not parse."""
-    from instag.tagger.confidence import CONFIDENCE, attach, token_ends
+    the choice's token logprobs (instag.tagger.confidence) where it has them; None where it does not parse."""
+    from instag.tagger.confidence import CONFIDENCE, attach
     from instag.tagger.parse import STATUS_OK, parse_tags
 
     answer = (choice.get("message") or {}).get("content") if chat else choice.get("text")
@@ -203,26 +260,25 @@ def _choice_tags(choice: dict, prefix: str, chat: bool, target: str, calibrate: 
     parsed = parse_tags(answer)
     if parsed.status != STATUS_OK:
         return None
-    lp = choice.get("logprobs") or {}
-    if chat:
-        content = lp.get("content") or []
-        pieces, values = [c.get("token", "") for c in content], [c.get("logprob") for c in content]
-    else:
-        pieces, values = lp.get("tokens") or [], lp.get("token_logprobs") or []
-    if pieces and all(isinstance(v, (int, float)) for v in values):
-        attach(parsed.tags, answer, len(prefix), token_ends(pieces, answer[len(prefix):]), values, target, calibrate)
+    lined = _logprob_ends(choice.get("logprobs") or {}, answer[len(prefix):], chat, tokenizer)
+    if lined is not None:
+        attach(parsed.tags, answer, len(prefix), lined[0], lined[1], target, calibrate)
     return [{"tag": t["tag"], **({CONFIDENCE: t[CONFIDENCE]} if CONFIDENCE in t else {})} for t in parsed.tags]
 
 
 class _BodyPrefixer:
     """A whole JSON response: each choice's answer gets the prefix back (and the length its new size) and
-    a ``tags`` field, the parsed tags (plain clients ignore it; with confidences where the choice's logprobs
-    line up with its answer). A cut query adds ``"instag": {"query_truncated": true}``."""
+    a ``tags`` field, the parsed tags with their confidences (plain clients ignore it); the logprobs the
+    middleware asked for are dropped unless the client asked too. A cut query adds
+    ``"instag": {"query_truncated": true}``. ``restore=False``: the answer stays as it is (the client
+    prefilled the opening itself), only the field is added."""
 
     def __init__(self, send: Send, prefix: str, chat: bool, truncated: bool = False, target: str = "tags",
-                 calibrate: Any = None):
+                 calibrate: Any = None, keep_logprobs: bool = True, restore: bool = True,
+                 tokenizer: Callable[[], Any] | None = None):
         self.send, self.prefix, self.chat, self.truncated = send, prefix, chat, truncated
-        self.target, self.calibrate = target, calibrate
+        self.target, self.calibrate, self.keep_logprobs, self.restore = target, calibrate, keep_logprobs, restore
+        self.tokenizer = tokenizer
         self.start: Message | None = None
         self.body = b""
 
@@ -240,10 +296,17 @@ class _BodyPrefixer:
             try:
                 payload = json.loads(body)
                 for choice in payload.get("choices", []):
-                    _prefix_choice(choice, self.prefix, self.chat)
-                    tags = _choice_tags(choice, self.prefix, self.chat, self.target, self.calibrate)
+                    view = choice
+                    if self.restore:
+                        _prefix_choice(choice, self.prefix, self.chat)
+                    else:  # parse a copy with the opening the client prefilled itself
+                        view = {**choice, "message": dict(choice.get("message") or {})}
+                        _prefix_choice(view, self.prefix, self.chat)
+                    tags = _choice_tags(view, self.prefix, self.chat, self.target, self.calibrate, self.tokenizer)
                     if tags is not None:
                         choice["tags"] = tags
+                    if not self.keep_logprobs:
+                        choice["logprobs"] = None
                 if self.truncated:
                     payload["instag"] = {"query_truncated": True}
                 body = json.dumps(payload).encode()
@@ -255,12 +318,30 @@ class _BodyPrefixer:
 
 
 class _StreamPrefixer:
-    """Server-sent events: the first content of each choice gets the prefix in front."""
+    """Server-sent events: the first content of each choice gets the prefix in front, and the event that
+    finishes a choice gets its ``tags`` field (with confidences, from the logprobs gathered over its
+    events); the logprobs the middleware asked for are dropped unless the client asked too."""
 
-    def __init__(self, send: Send, prefix: str, chat: bool):
+    def __init__(self, send: Send, prefix: str, chat: bool, target: str = "tags", calibrate: Any = None,
+                 keep_logprobs: bool = True, tokenizer: Callable[[], Any] | None = None):
         self.send, self.prefix, self.chat = send, prefix, chat
+        self.target, self.calibrate, self.keep_logprobs, self.tokenizer = target, calibrate, keep_logprobs, tokenizer
         self.done: set[int] = set()
         self.pending = b""
+        self.text: dict[int, str] = {}  # per choice: the answer so far, prefix included
+        self.logprobs: dict[int, dict[str, list]] = {}  # per choice: its logprobs so far, in the response's form
+
+    def _gather(self, index: int, choice: dict) -> None:
+        part = choice.get("delta") if self.chat else choice
+        piece = part.get("content" if self.chat else "text") if isinstance(part, dict) else None
+        if isinstance(piece, str):
+            self.text[index] = self.text.get(index, "") + piece
+        lp = choice.get("logprobs")
+        if isinstance(lp, dict):
+            acc = self.logprobs.setdefault(index, {})
+            for key in ("content",) if self.chat else ("tokens", "token_logprobs"):
+                if isinstance(lp.get(key), list):
+                    acc.setdefault(key, []).extend(lp[key])
 
     def _event(self, event: bytes) -> bytes:
         if not event.startswith(b"data: ") or event.strip() == b"data: [DONE]":
@@ -276,6 +357,15 @@ class _StreamPrefixer:
                     part.get("content" if self.chat else "text"), str):
                 _prefix_choice(choice, self.prefix, self.chat)
                 self.done.add(index)
+            self._gather(index, choice)
+            if choice.get("finish_reason") is not None:
+                whole = {"logprobs": self.logprobs.pop(index, {}), **(
+                    {"message": {"content": self.text.pop(index, "")}} if self.chat else {"text": self.text.pop(index, "")})}
+                tags = _choice_tags(whole, self.prefix, self.chat, self.target, self.calibrate, self.tokenizer)
+                if tags is not None:
+                    choice["tags"] = tags
+            if not self.keep_logprobs and "logprobs" in choice:
+                choice["logprobs"] = None
         return b"data: " + json.dumps(payload).encode()
 
     async def __call__(self, msg: Message) -> None:

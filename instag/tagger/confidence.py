@@ -54,19 +54,51 @@ def load_calibration(adapter_dir: str | None) -> Callable[[float], float] | None
 def token_ends(pieces: Sequence[str], text: str, decode: Any = None, token_ids: Sequence[int] | None = None
                ) -> list[int] | None:
     """The end offset in ``text`` (the generated text) of each generated token, from each token's own
-    decoded text (``pieces``). Where the pieces do not join to the text (a multi-byte character split
-    over tokens decodes to replacement characters on its own), offsets come from decoding growing
-    prefixes with ``decode(token_ids[:i])``; None when neither works."""
+    decoded text (``pieces``). Tokens past the end of ``text`` are allowed (a server's logprobs also list
+    the end-of-turn token, which the answer text leaves out); they overlap no tag. Where the pieces do not
+    join to the text (a multi-byte character split over tokens decodes to replacement characters on its
+    own), offsets come from decoding growing prefixes with ``decode(token_ids[:i])``; None when neither
+    works."""
     ends, pos = [], 0
     for p in pieces:
         pos += len(p)
         ends.append(pos)
-    if "".join(pieces) == text:
+    if "".join(pieces).startswith(text):
         return ends
-    if decode is None or token_ids is None:
+    if decode is None or token_ids is None or not token_ids:
         return None
     ends = [len(decode(list(token_ids[: i + 1]))) for i in range(len(token_ids))]
-    return ends if ends and ends[-1] == len(text) else None
+    return ends if decode(list(token_ids)).startswith(text) else None
+
+
+def byte_token_ends(token_bytes: Sequence[Sequence[int]], text: str) -> list[int] | None:
+    """As :func:`token_ends`, from each token's UTF-8 bytes (what OpenAI-style chat logprobs carry as
+    ``bytes``): exact where a character is split over tokens. A token ending inside a character ends
+    where the last whole character before it does."""
+    ends, buf = [], b""
+    for b in token_bytes:
+        buf += bytes(b)
+        ends.append(len(buf.decode("utf-8", errors="ignore")))
+    return ends if buf.decode("utf-8", errors="ignore").startswith(text) else None
+
+
+def chat_token_ends(content: Sequence[Any], text: str) -> tuple[list[int], list[float]] | None:
+    """Token end offsets and log-probabilities from an OpenAI chat choice's ``logprobs.content`` (dicts or
+    objects with ``token``, ``bytes``, ``logprob``); None where they do not line up with ``text``."""
+    def get(c: Any, key: str) -> Any:
+        return c.get(key) if isinstance(c, dict) else getattr(c, key, None)
+
+    if not content:
+        return None
+    values = [get(c, "logprob") for c in content]
+    if not all(isinstance(v, (int, float)) for v in values):
+        return None
+    raw = [get(c, "bytes") for c in content]
+    if all(isinstance(b, list) for b in raw):
+        ends = byte_token_ends(raw, text)
+    else:
+        ends = token_ends([get(c, "token") or "" for c in content], text)
+    return (ends, [float(v) for v in values]) if ends is not None else None
 
 
 def _tag_spans(answer: str, tags: Sequence[str], target: str) -> list[tuple[int, int] | None]:

@@ -23,6 +23,7 @@ from instag.io import (JsonlAppender, Query, ReadStats, iter_tag_records, latest
                        tag_shards)
 from instag.tagger.backends import MAX_QUERY_TOKENS, Generation
 from instag.tagger.parse import STATUS_EMPTY, STATUS_ERROR, STATUS_OK, STATUS_UNPARSED, parse_tags
+from instag.tagger.confidence import CONFIDENCE
 from instag.tagger.confidence import attach as attach_confidence
 from instag.tagger.prompt import ANSWER_PREFIX, check_target
 
@@ -128,7 +129,11 @@ def make_record(q: Query, gen: Generation, model: str, truncated: bool, target: 
         rec.update(tags=[], raw=None, model=model, status=STATUS_ERROR, error=gen.error)
     else:
         parsed = parse_tags(gen.text)
-        if target is not None and gen.text is not None:
+        if gen.tag_confidences is not None and len(gen.tag_confidences) == len(parsed.tags):
+            for tag, conf in zip(parsed.tags, gen.tag_confidences):
+                if conf is not None:
+                    tag[CONFIDENCE] = conf
+        elif target is not None and gen.text is not None:
             attach_confidence(parsed.tags, gen.text, len(ANSWER_PREFIX[target]), gen.token_ends, gen.token_logprobs,
                               target, calibrate)
         rec.update(tags=parsed.tags, raw=gen.text, model=model, status=parsed.status, error=parsed.error)

@@ -17,6 +17,8 @@ class Generation:
     # (instag.tagger.confidence turns them into per-tag confidences); None where the engine gives none.
     token_ends: list[int] | None = None
     token_logprobs: list[float] | None = None
+    # Or each parsed tag's confidence as a server computed it (instag serve: calibrated), in answer order.
+    tag_confidences: list[float | None] | None = None
 
 
 # Queries longer than this many tokens are cut before tagging (instag tag's --max-query-tokens, the endpoint).

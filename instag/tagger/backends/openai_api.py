@@ -15,6 +15,7 @@ import openai
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from instag.tagger.backends import Generation
+from instag.tagger.confidence import CONFIDENCE, chat_token_ends
 from instag.tagger.prompt import ANSWER_PREFIX, Target, answer_pattern, build_messages
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,8 @@ class OpenAIBackend:
         # neither continues a message nor takes a regex: leave guided off there.
         self.prefix = ANSWER_PREFIX[target] if guided else ""
         self.extra = {"extra_body": {"add_generation_prompt": False, "continue_final_message": True,
-                                     "structured_outputs": {"regex": answer_pattern(target)}}} if guided else {}
+                                     "structured_outputs": {"regex": answer_pattern(target)}},
+                      "logprobs": True} if guided else {}  # logprobs: the tags' confidences, as offline
         # Our own retry loop (max_retries=0 here) so that every kind of fault is counted alike.
         self.client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "EMPTY", timeout=timeout,
                                          max_retries=0)
@@ -74,9 +76,20 @@ class OpenAIBackend:
             raise openai.APIResponseValidationError(response=httpx.Response(200, request=httpx.Request(
                 "POST", str(self.client.base_url))), body=None, message="response has no choices")
         usage = resp.usage
-        return Generation(text=self.prefix + (resp.choices[0].message.content or ""),
-                          prompt_tokens=usage.prompt_tokens if usage else 0,
-                          completion_tokens=usage.completion_tokens if usage else 0)
+        choice = resp.choices[0]
+        text = choice.message.content or ""
+        ends = lps = confs = None
+        server_tags = (choice.model_extra or {}).get("tags") if self.prefix else None
+        if isinstance(server_tags, list) and all(isinstance(t, dict) for t in server_tags):
+            confs = [t.get(CONFIDENCE) for t in server_tags]  # instag serve's, through the adapter's calibration
+        elif self.prefix and getattr(choice.logprobs, "content", None):
+            # another vLLM server: the raw confidences from the continuation's tokens (instag.tagger.confidence)
+            lined = chat_token_ends(choice.logprobs.content, text)
+            if lined is not None:
+                ends, lps = lined
+        return Generation(text=self.prefix + text, prompt_tokens=usage.prompt_tokens if usage else 0,
+                          completion_tokens=usage.completion_tokens if usage else 0, token_ends=ends,
+                          token_logprobs=lps, tag_confidences=confs)
 
     async def agenerate(self, query: str) -> Generation:
         try:
