@@ -130,6 +130,32 @@ def test_a_checkpoint_is_written_at_the_end_of_each_epoch(tiny_model_dir, teache
         assert json.loads((kept / "trainer_state.json").read_text())["global_step"] == step
 
 
+def test_a_run_continues_from_a_trained_adapter(tiny_model_dir, tok, teacher_file, tmp_path):
+    """--init-adapter: the new run starts from the given adapter's weights (its loss where that one ended),
+    saved in float16 as the shipped tagger is, and trains them further with a fresh schedule."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    first = tmp_path / "first"
+    common = dict(train=str(teacher_file), base=str(tiny_model_dir), target="tags", batch_size=3, seed=0)
+    distill(DistillConfig(**common, output=str(first), r=8, alpha=16, max_steps=12, lr=5e-3), progress=False)
+    weights = first / "adapter_model.safetensors"
+    save_file({k: v.to(torch.float16) for k, v in load_file(weights).items()}, weights)  # as shipped
+    examples = build_examples(tok, teacher_file, "tags", 512).examples
+    trained = _mean_loss(first, tok, examples)
+    assert trained < _mean_loss(tiny_model_dir, tok, examples) - 0.5
+
+    second = tmp_path / "second"
+    res = distill(DistillConfig(**common, output=str(second), r=4, max_steps=5, lr=1e-3, init_adapter=str(first)),
+                  progress=False)
+    assert abs(res.train_loss_first - trained) < 0.5 * trained  # it starts where the first run ended
+    assert json.loads((second / "adapter_config.json").read_text())["r"] == 8  # the adapter's shape, not r=4
+    assert load_file(second / "adapter_model.safetensors").keys() == load_file(weights).keys()
+    with pytest.raises(ValueError, match="not a base model|LoRA adapter"):
+        distill(DistillConfig(**common, output=str(tmp_path / "x"), max_steps=1, init_adapter=str(tiny_model_dir)),
+                progress=False)
+
+
 # ---------------------------------------------------------------- evaluation metrics
 
 
