@@ -73,6 +73,9 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more 
 
 MIN_TAG_CONFIDENCE_HELP = ("Leave out of normalized_tags the tags whose confidence is below this (the tagger's "
                            "probability of the tag; the records keep them, the map counts them as dropped).")
+TAG_THRESHOLD_HELP = ("Local tagger: move the tags whose confidence is below this to the record's low_confidence_tags "
+                      "(a query keeps its most confident tag). Default: the tagger's own, chosen on its dev slice "
+                      "(its card); 0 keeps every tag.")
 KV_CACHE_HELP = ("vLLM: KV cache size in GiB (default on a CPU: sized from the model, at most a quarter of the "
                  "free memory; VLLM_CPU_KVCACHE_SPACE wins).")
 
@@ -125,6 +128,7 @@ def tag(
     kv_cache_gib: Optional[float] = typer.Option(None, min=0.01, help=KV_CACHE_HELP),
     confidence: bool = typer.Option(True, "--confidence/--no-confidence", help="Local engines: each tag's "
                                     "probability under the model, in its record (docs/design.md)."),
+    min_tag_confidence: Optional[float] = typer.Option(None, min=0.0, max=1.0, help=TAG_THRESHOLD_HELP),
 ) -> None:
     """Tag every query of INPUT with intent tags; append results to OUTPUT."""
     from instag.tagger.backends.engine_start import EngineStartError
@@ -141,7 +145,7 @@ def tag(
                       all_turns=all_turns, skip_bad=skip_bad, concurrency=concurrency, timeout=timeout,
                       max_retries=max_retries, price_in=price_in, price_out=price_out, device=device,
                       merge_adapter=merge_adapter, limit=limit, progress=not quiet, kv_cache_gib=kv_cache_gib,
-                      confidence=confidence)
+                      confidence=confidence, min_tag_confidence=min_tag_confidence)
     run = lambda: tag_file(input, output, opts)  # noqa: E731
     if use_ray:
         if model.startswith(OPENAI_PREFIX):
@@ -485,6 +489,7 @@ def eval_cmd(
     base_url: Optional[str] = typer.Option(None, help="For openai:<name> models."),
     engine: str = typer.Option("auto", help="Local engine: auto, transformers, vllm (as for `instag tag`)."),
     kv_cache_gib: Optional[float] = typer.Option(None, min=0.01, help=KV_CACHE_HELP),
+    min_tag_confidence: Optional[float] = typer.Option(None, min=0.0, max=1.0, help=TAG_THRESHOLD_HELP),
 ) -> None:
     """Tag the held-out queries (or score saved predictions) and report P/R/F1 against the teacher (exact,
     rule, semantic), per source, over-predicted and missed tags, tags per query."""
@@ -499,7 +504,7 @@ def eval_cmd(
         else:
             m = run_eval(model, gold, output, batch_size=batch_size, max_new_tokens=max_new_tokens,
                          threshold=threshold, base_url=base_url, ceiling=ceiling, engine=engine,
-                         kv_cache_gib=kv_cache_gib)
+                         kv_cache_gib=kv_cache_gib, min_tag_confidence=min_tag_confidence)
     except EngineStartError as e:
         _fail(str(e), EXIT_FAILED_QUERIES)
     except (InputError, ValueError, OSError) as e:

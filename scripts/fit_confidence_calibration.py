@@ -8,7 +8,10 @@ The predictions must carry the engine's raw confidences (tagged by the adapter b
 calibration, e.g. `instag eval` of the run directory). A predicted tag is correct when it matches a teacher
 tag at `instag eval`'s semantic level; an isotonic regression of correct on confidence
 (instag.distill.calibration.IsotonicCalibrator) is written as the adapter's confidence_calibration.json,
-which the local engines and `instag serve` then apply to every tag's raw probability. ``--check PRED GOLD``
+which the local engines and `instag serve` then apply to every tag's raw probability. The same file gets
+the tagger's default ``min_tag_confidence``: the calibrated confidence below which dropping a query's tags
+(its most confident one always kept) gives the best semantic F1 on these predictions (0 where dropping none
+does); `instag tag` then moves such tags to ``low_confidence_tags``. ``--check PRED GOLD``
 (repeatable) prints the expected calibration error of other predictions before and after, as JSON.
 """
 
@@ -22,8 +25,27 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from instag.distill.calibration import IsotonicCalibrator, calibration_gain, expected_calibration_error  # noqa: E402
-from instag.distill.evaluate import calibration_outcomes  # noqa: E402
+from instag.distill.calibration import (IsotonicCalibrator, calibration_gain, expected_calibration_error,  # noqa: E402
+                                        pr_curve)
+from instag.distill.evaluate import calibration_outcomes, load_pairs  # noqa: E402
+from instag.distill.matching import tag_vectors  # noqa: E402
+
+THRESHOLDS = [round(0.025 * i, 3) for i in range(25)]  # 0 .. 0.6: where dropping tags can pay
+
+
+def best_threshold(cal: IsotonicCalibrator, pred: Path, gold: list[Path]) -> tuple[float, list[dict]]:
+    """The calibrated confidence below which dropping a query's tags (its most confident one always kept,
+    as `instag tag` does) gives the best semantic F1 on these predictions, and the curve it was read off."""
+    from instag.select.normalize import sentence_transformer_embedder
+
+    frame = load_pairs(pred, gold)
+    frame = frame[frame["status"] != "missing"]
+    preds, golds = list(frame["pred"]), list(frame["gold"])
+    confs = [[None if c is None else float(cal.apply(c)) for c in cs] for cs in frame["pred_conf"]]
+    vec = tag_vectors(preds + golds, sentence_transformer_embedder())
+    curve = pr_curve(preds, confs, golds, vec, thresholds=THRESHOLDS, keep_one=True)
+    best = max(curve, key=lambda r: (round(r["f1"], 4), -r["threshold"]))
+    return best["threshold"], curve
 
 
 def main() -> None:
@@ -35,10 +57,13 @@ def main() -> None:
     args = ap.parse_args()
     fit = calibration_outcomes(args.pred, args.gold)
     cal = IsotonicCalibrator.fit(fit.confidence, fit.correct)
-    args.output.write_text(json.dumps(cal.to_json(), indent=1) + "\n")
+    threshold, curve = best_threshold(cal, args.pred, args.gold)
+    args.output.write_text(json.dumps({**cal.to_json(), "min_tag_confidence": threshold}, indent=1) + "\n")
     report = {"fitted_on": {"pred": str(args.pred), "gold": [str(g) for g in args.gold], "tags": len(fit.tag),
                             "ece_before": expected_calibration_error(fit.confidence, fit.correct),
                             "ece_after": expected_calibration_error(cal.apply_array(fit.confidence), fit.correct)},
+              "min_tag_confidence": threshold,
+              "f1_by_threshold": {str(r["threshold"]): round(r["f1"], 4) for r in curve},
               "checks": []}
     for pred, gold in args.check:
         out = calibration_outcomes(Path(pred), Path(gold))

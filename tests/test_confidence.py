@@ -125,3 +125,41 @@ def test_an_adapters_calibration_maps_every_raw_probability(tmp_path):
 
     with pytest.raises(ValueError):
         load_calibration(str(tmp_path))
+
+
+def test_the_taggers_threshold_moves_its_least_confident_tags_aside(tmp_path):
+    """An adapter's calibration may carry the tagger's default min_tag_confidence: instag tag's records then
+    keep the tags at or above it and list the others under low_confidence_tags; a query always keeps its most
+    confident tag; --min-tag-confidence overrides it (0 keeps all)."""
+    import pytest
+
+    from instag.io import Query
+    from instag.tagger.backends import Generation
+    from instag.tagger.confidence import CALIBRATION_FILE, keep_mask, load_calibration, split_confident
+    from instag.tagger.run import make_record
+
+    assert keep_mask([0.9, 0.1, None, 0.3], 0.3) == [True, False, True, True]
+    assert keep_mask([0.1, 0.2, 0.05], 0.5) == [False, True, False]  # all below: the most confident stays
+    assert keep_mask([], 0.5) == []
+    tags = [{"tag": "a", "confidence": 0.9}, {"tag": "b", "confidence": 0.1}]
+    assert split_confident(tags, 0.0) == (tags, []) and split_confident(tags, 0.2) == (tags[:1], tags[1:])
+
+    (tmp_path / CALIBRATION_FILE).write_text(json.dumps({"method": "isotonic", "x": [0.0, 1.0], "y": [0.0, 1.0],
+                                                         "min_tag_confidence": 0.3}))
+    calibrate = load_calibration(str(tmp_path))
+    assert calibrate.min_tag_confidence == 0.3 and calibrate(0.25) == 0.25
+    answer = '["code generation", "python", "sorting"]'
+    gen = Generation(text=answer, token_ends=[15, 19, 25, 29, 37], token_logprobs=[
+        math.log(0.8), 0.0, math.log(0.2), 0.0, math.log(0.5)])
+    q = Query(id="q1", source="s", query="sort a list in python")
+    rec = make_record(q, gen, "m", False, "tags", calibrate)
+    assert [t["tag"] for t in rec["tags"]] == ["code generation", "sorting"]
+    assert rec["low_confidence_tags"] == [{"tag": "python", "explanation": "", "confidence": 0.2}]
+    assert rec["status"] == "ok" and rec["raw"] == answer  # the answer as the model wrote it
+    everything = make_record(q, gen, "m", False, "tags", calibrate, min_tag_confidence=0.0)
+    assert len(everything["tags"]) == 3 and "low_confidence_tags" not in everything
+    assert len(make_record(q, gen, "m", False, "tags", None)["tags"]) == 3  # no calibration: no threshold
+    (tmp_path / CALIBRATION_FILE).write_text(json.dumps({"method": "isotonic", "x": [0.0], "y": [0.0],
+                                                         "min_tag_confidence": 3}))
+    with pytest.raises(ValueError, match="min_tag_confidence"):
+        load_calibration(str(tmp_path))

@@ -386,9 +386,13 @@ def test_shipped_tagger_endpoint_answers_as_instag_tag(tmp_path):
     src.write_text("".join(json.dumps({"id": r["id"], "query": r["query"]}) + "\n" for r in rows))
     res = runner.invoke(app, ["tag", str(src), "-o", str(tmp_path / "tags.jsonl"), "--model", "local", "-q"])
     assert res.exit_code == 0, res.output
-    want = {r["id"]: [t["tag"] for t in r["tags"]] for r in read_jsonl(tmp_path / "tags.jsonl")}
-    # (a tag the parser re-spaced is not in the answer as written: it has no confidence, here or there)
-    want_conf = {r["id"]: [t.get("confidence") for t in r["tags"]] for r in read_jsonl(tmp_path / "tags.jsonl")}
+    local = {r["id"]: r for r in read_jsonl(tmp_path / "tags.jsonl")}
+    want = {k: _tags_of(r["raw"]) for k, r in local.items()}  # every tag of the answer
+    # each tag's confidence in instag tag's records, kept or moved to low_confidence_tags by the tagger's
+    # threshold (a tag the parser re-spaced is not in the answer as written: it has none, here or there)
+    want_conf = {k: {t["tag"]: t.get("confidence") for t in r["tags"] + r.get("low_confidence_tags", [])}
+                 for k, r in local.items()}
+    want_kept = {k: [t["tag"] for t in r["tags"]] for k, r in local.items()}
 
     with Server(resolve("local"), port=free_port(), log_path=tmp_path / "server.log").start(max_model_len=2048) as srv:
         async def ask_all():
@@ -405,34 +409,37 @@ def test_shipped_tagger_endpoint_answers_as_instag_tag(tmp_path):
         for r in rows[:8]:
             events = list(client.chat.completions.create(model="instag-tagger", stream=True,
                                                          messages=[{"role": "user", "content": r["query"]}]))
-            streamed[r["id"]] = [e for e in events if e.choices and e.choices[0].finish_reason][-1].choices[0].model_extra["tags"]
+            last = [e for e in events if e.choices and e.choices[0].finish_reason][-1].choices[0].model_extra
+            streamed[r["id"]] = (last["tags"], last.get("low_confidence_tags", []))
         res = runner.invoke(app, ["tag", str(src), "-o", str(tmp_path / "client.jsonl"), "--model", "openai:instag-tagger",
                                   "--base-url", srv.base_url, "--guided", "--target", "tags", "-q"])
         assert res.exit_code == 0, res.output
-        client_tags = {r["id"]: r["tags"] for r in read_jsonl(tmp_path / "client.jsonl")}
+        client_tags = {r["id"]: (r["tags"], r.get("low_confidence_tags", [])) for r in read_jsonl(tmp_path / "client.jsonl")}
     got = {k: _tags_of(resp.choices[0].message.content) for k, resp in resps.items()}
     same = sum(got[k] == want[k] for k in want)
     print(f"endpoint vs instag tag --model local: {same}/{len(want)} identical tag lists")
     assert same >= 0.95 * len(want), [(want[k], got[k]) for k in want if got[k] != want[k]]
     # Each choice carries its parsed tags with their confidences (a field plain clients ignore), the
-    # calibrated probabilities instag tag writes; the logprobs the endpoint asked for itself are not passed on.
-    extra = {k: resp.choices[0].model_extra["tags"] for k, resp in resps.items()}
+    # calibrated probabilities instag tag writes, split by the tagger's threshold as instag tag splits them;
+    # the logprobs the endpoint asked for itself are not passed on.
+    extra = {k: (resp.choices[0].model_extra["tags"], resp.choices[0].model_extra.get("low_confidence_tags", []))
+             for k, resp in resps.items()}
     assert all(resp.choices[0].logprobs is None for resp in resps.values())
-    assert all([t["tag"] for t in extra[k]] == got[k] for k in want)
 
     def conf_diffs(have: dict) -> list[float]:
-        """|confidence - instag tag's| over the queries whose tag list is instag tag's."""
-        ids = [k for k in have if [t["tag"] for t in have[k]] == want[k]]
+        """|confidence - instag tag's| over the queries whose answer is instag tag's; their kept tags agree."""
+        ids = [k for k in have if sorted(t["tag"] for t in have[k][0] + have[k][1]) == sorted(want[k])]
         assert len(ids) >= 0.9 * len(have)
-        pairs = [(t.get("confidence"), c) for k in ids for t, c in zip(have[k], want_conf[k])]
+        assert sum([t["tag"] for t in have[k][0]] == want_kept[k] for k in ids) >= 0.9 * len(ids)
+        pairs = [(t.get("confidence"), want_conf[k][t["tag"]]) for k in ids for t in have[k][0] + have[k][1]]
         assert all((a is None) == (b is None) for a, b in pairs), pairs
         return sorted(abs(a - b) for a, b in pairs if a is not None)
 
     diffs = conf_diffs(extra)
     print(f"endpoint vs instag tag confidences: median |diff| {diffs[len(diffs) // 2]:.4f}, max {diffs[-1]:.4f}")
     assert len(diffs) >= 2 * len(want) and diffs[int(0.95 * len(diffs))] <= 0.02
-    # streamed: the event that finishes the answer carries the same field; instag's own client (openai:
-    # instag-tagger, the prefilled request it sends) writes the server's confidences into its records
+    # streamed: the event that finishes the answer carries the same fields; instag's own client (openai:
+    # instag-tagger, the prefilled request it sends) writes the server's confidences and split into its records
     for have in (streamed, client_tags):
         d = conf_diffs(have)
         assert len(d) >= 2 * len(have) and d[int(0.95 * len(d))] <= 0.02

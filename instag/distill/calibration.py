@@ -136,11 +136,14 @@ def expected_calibration_error(confidence: Sequence[float] | np.ndarray, correct
 
 def pr_curve(preds: Sequence[Sequence[str]], confs: ConfLists | None, golds: Sequence[Sequence[str]],
              vec: dict[str, np.ndarray], threshold: float = SEMANTIC_THRESHOLD,
-             thresholds: Sequence[float] = PR_THRESHOLDS) -> list[dict[str, float]]:
+             thresholds: Sequence[float] = PR_THRESHOLDS, keep_one: bool = False) -> list[dict[str, float]]:
     """The semantic level re-scored on the predicted tags kept by "confidence >= t" (unknown kept), for
     each t: micro precision, recall (over all gold tags), F1, counts and the share of predicted tags kept.
     Matching again, rather than reusing each tag's verdict, lets a kept tag take a gold tag that a dropped
-    near-duplicate held."""
+    near-duplicate held. ``keep_one``: a query keeps its most confident tag, as `instag tag
+    --min-tag-confidence` does (instag.tagger.confidence.keep_mask); otherwise the rule of normalize."""
+    from instag.tagger.confidence import keep_mask
+
     confs = confs if confs is not None else [None] * len(preds)
     per_query = [(tag_confidence(p, c), g) for p, c, g in zip(preds, confs, golds)]
     n_gold = sum(len(dedupe(g, str.strip)) for g in golds)
@@ -149,7 +152,10 @@ def pr_curve(preds: Sequence[Sequence[str]], confs: ConfLists | None, golds: Seq
     for t in thresholds:
         tp = n_pred = 0
         for by_tag, gold in per_query:
-            kept = [p for p, c in by_tag.items() if c is None or c >= t]
+            if keep_one:
+                kept = [p for p, k in zip(by_tag, keep_mask(list(by_tag.values()), t)) if k]
+            else:
+                kept = [p for p, c in by_tag.items() if c is None or c >= t]
             n_pred += len(kept)
             tp += len(semantic_pairs(kept, gold, vec, threshold))
         p = tp / n_pred if n_pred else 0.0

@@ -247,6 +247,23 @@ def _logprob_ends(lp: dict, answer: str, chat: bool, tokenizer: Callable[[], Any
     return (ends, [float(v) for v in values]) if ends is not None else None
 
 
+def _set_tags(choice: dict, payload: dict, view: dict, prefix: str, chat: bool, target: str, calibrate: Any,
+              tokenizer: Callable[[], Any] | None) -> None:
+    """The choice's ``tags`` field (and ``low_confidence_tags``, the response's
+    ``instag.min_tag_confidence``, where the adapter's calibration sets a threshold), from ``view``, the
+    choice as a whole answer (prefix restored, logprobs gathered)."""
+    from instag.tagger.confidence import split_confident
+
+    tags = _choice_tags(view, prefix, chat, target, calibrate, tokenizer)
+    if tags is None:
+        return
+    threshold = getattr(calibrate, "min_tag_confidence", 0.0)
+    choice["tags"], dropped = split_confident(tags, threshold)
+    if threshold > 0:  # as instag tag writes its records
+        choice["low_confidence_tags"] = dropped
+        payload.setdefault("instag", {})["min_tag_confidence"] = threshold
+
+
 def _choice_tags(choice: dict, prefix: str, chat: bool, target: str, calibrate: Any = None,
                  tokenizer: Callable[[], Any] | None = None) -> list[dict] | None:
     """``[{"tag", "confidence"}]`` for a choice whose answer (prefix restored) parses, confidences from
@@ -302,13 +319,12 @@ class _BodyPrefixer:
                     else:  # parse a copy with the opening the client prefilled itself
                         view = {**choice, "message": dict(choice.get("message") or {})}
                         _prefix_choice(view, self.prefix, self.chat)
-                    tags = _choice_tags(view, self.prefix, self.chat, self.target, self.calibrate, self.tokenizer)
-                    if tags is not None:
-                        choice["tags"] = tags
+                    _set_tags(choice, payload, view, self.prefix, self.chat, self.target, self.calibrate,
+                              self.tokenizer)
                     if not self.keep_logprobs:
                         choice["logprobs"] = None
                 if self.truncated:
-                    payload["instag"] = {"query_truncated": True}
+                    payload.setdefault("instag", {})["query_truncated"] = True
                 body = json.dumps(payload).encode()
             except (ValueError, AttributeError):
                 pass  # not the JSON we know: pass it on as it is
@@ -361,9 +377,7 @@ class _StreamPrefixer:
             if choice.get("finish_reason") is not None:
                 whole = {"logprobs": self.logprobs.pop(index, {}), **(
                     {"message": {"content": self.text.pop(index, "")}} if self.chat else {"text": self.text.pop(index, "")})}
-                tags = _choice_tags(whole, self.prefix, self.chat, self.target, self.calibrate, self.tokenizer)
-                if tags is not None:
-                    choice["tags"] = tags
+                _set_tags(choice, payload, whole, self.prefix, self.chat, self.target, self.calibrate, self.tokenizer)
             if not self.keep_logprobs and "logprobs" in choice:
                 choice["logprobs"] = None
         return b"data: " + json.dumps(payload).encode()

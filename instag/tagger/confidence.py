@@ -33,8 +33,20 @@ DIGITS = 4
 CALIBRATION_FILE = "confidence_calibration.json"
 
 
-def load_calibration(adapter_dir: str | None) -> Callable[[float], float] | None:
-    """The adapter's calibration as a function, None where it ships none."""
+class Calibration:
+    """An adapter's calibration: a monotone map from the raw probability to the probability that the
+    teacher would have written the tag, and the tagger's default ``min_tag_confidence`` (chosen on the same
+    dev predictions: the calibrated confidence below which dropping a tag raised semantic F1 most)."""
+
+    def __init__(self, xs: Sequence[float], ys: Sequence[float], min_tag_confidence: float = 0.0):
+        self.xs, self.ys, self.min_tag_confidence = list(xs), list(ys), float(min_tag_confidence)
+
+    def __call__(self, p: float) -> float:
+        return float(np.interp(p, self.xs, self.ys))
+
+
+def load_calibration(adapter_dir: str | None) -> Calibration | None:
+    """The adapter's calibration, None where it ships none."""
     if not adapter_dir:
         return None
     path = Path(adapter_dir) / CALIBRATION_FILE
@@ -43,12 +55,27 @@ def load_calibration(adapter_dir: str | None) -> Callable[[float], float] | None
     data = json.loads(path.read_text())
     if data.get("method") != "isotonic" or not data.get("x") or len(data["x"]) != len(data.get("y", [])):
         raise ValueError(f"{path}: not an isotonic calibration (method, x, y)")
-    xs, ys = [float(v) for v in data["x"]], [float(v) for v in data["y"]]
+    threshold = float(data.get("min_tag_confidence") or 0.0)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"{path}: min_tag_confidence must be within [0, 1], not {threshold}")
+    return Calibration([float(v) for v in data["x"]], [float(v) for v in data["y"]], threshold)
 
-    def calibrate(p: float) -> float:
-        return float(np.interp(p, xs, ys))
 
-    return calibrate
+def keep_mask(confs: Sequence[float | None], threshold: float) -> list[bool]:
+    """Which of a query's tags a minimum confidence keeps: those without a confidence and those at or above
+    it; where it would drop them all, the most confident one stays (a tagged query keeps a tag)."""
+    keep = [c is None or c >= threshold for c in confs]
+    if confs and not any(keep):
+        keep[max(range(len(confs)), key=lambda i: confs[i])] = True  # type: ignore[arg-type, return-value]
+    return keep
+
+
+def split_confident(tags: list[dict[str, Any]], threshold: float) -> tuple[list[dict], list[dict]]:
+    """(kept, dropped) tags of one answer under :func:`keep_mask`; a threshold of 0 keeps all."""
+    if threshold <= 0 or not tags:
+        return tags, []
+    keep = keep_mask([t.get(CONFIDENCE) for t in tags], threshold)
+    return [t for t, k in zip(tags, keep) if k], [t for t, k in zip(tags, keep) if not k]
 
 
 def token_ends(pieces: Sequence[str], text: str, decode: Any = None, token_ids: Sequence[int] | None = None

@@ -23,7 +23,7 @@ from instag.io import (JsonlAppender, Query, ReadStats, iter_tag_records, latest
                        tag_shards)
 from instag.tagger.backends import MAX_QUERY_TOKENS, Generation
 from instag.tagger.parse import STATUS_EMPTY, STATUS_ERROR, STATUS_OK, STATUS_UNPARSED, parse_tags
-from instag.tagger.confidence import CONFIDENCE
+from instag.tagger.confidence import CONFIDENCE, split_confident
 from instag.tagger.confidence import attach as attach_confidence
 from instag.tagger.prompt import ANSWER_PREFIX, check_target
 
@@ -59,6 +59,7 @@ class TagOptions:
     memory_fraction: float | None = None  # vLLM: share of GPU memory (None: its default; lower for engines per GPU)
     kv_cache_gib: float | None = None  # vLLM: the KV cache's size (None: on a CPU, sized from the model)
     confidence: bool = True  # local engines: each tag's probability (instag.tagger.confidence)
+    min_tag_confidence: float | None = None  # tags below it go to low_confidence_tags; None: the tagger's default
     engines: int = 1  # vLLM engines sharing this machine's GPU or memory (Ray workers): fixed KV caches
     limit: int | None = None
     progress: bool = True
@@ -120,10 +121,11 @@ def done_ids(output: Path) -> dict[str, str]:
 
 
 def make_record(q: Query, gen: Generation, model: str, truncated: bool, target: str | None = None,
-                calibrate: Any = None) -> dict[str, Any]:
+                calibrate: Any = None, min_tag_confidence: float | None = None) -> dict[str, Any]:
     """The output record of one query; ``target`` (the answer format, where the engine prefilled its
     opening) lets each tag get its confidence from the engine's token log-probabilities, through the
-    adapter's ``calibrate`` map where it ships one."""
+    adapter's ``calibrate`` map where it ships one. Tags below ``min_tag_confidence`` (None: the
+    tagger's own default, from its calibration or the server) move to ``low_confidence_tags``."""
     rec = q.to_record()
     if gen.error is not None:
         rec.update(tags=[], raw=None, model=model, status=STATUS_ERROR, error=gen.error)
@@ -136,7 +138,14 @@ def make_record(q: Query, gen: Generation, model: str, truncated: bool, target: 
         elif target is not None and gen.text is not None:
             attach_confidence(parsed.tags, gen.text, len(ANSWER_PREFIX[target]), gen.token_ends, gen.token_logprobs,
                               target, calibrate)
-        rec.update(tags=parsed.tags, raw=gen.text, model=model, status=parsed.status, error=parsed.error)
+        threshold = min_tag_confidence
+        if threshold is None:
+            threshold = gen.min_tag_confidence if gen.min_tag_confidence is not None else getattr(
+                calibrate, "min_tag_confidence", 0.0)
+        kept, dropped = split_confident(parsed.tags, threshold)
+        rec.update(tags=kept, raw=gen.text, model=model, status=parsed.status, error=parsed.error)
+        if threshold > 0:
+            rec["low_confidence_tags"] = dropped
     rec.update(prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens, truncated=truncated)
     return rec
 
@@ -271,13 +280,17 @@ def _truncated(backend: Any, pending: list[Query], max_tokens: int) -> Iterator[
             yield q, text, cut
 
 
+def _record(backend: Any, opts: TagOptions, q: Query, gen: Generation, cut: bool) -> dict[str, Any]:
+    return make_record(q, gen, backend.name, cut, getattr(backend, "target", None), getattr(backend, "calibrate", None),
+                       opts.min_tag_confidence)
+
+
 def _run_batched(backend: Any, prepared: Iterable[tuple[Query, str, bool]], opts: TagOptions,
                  emit: Callable[[dict[str, Any]], None]) -> None:
     if hasattr(backend, "stream"):
         # vLLM: the whole input as one continuous batch, each answer written as it finishes.
         for (q, cut), gen in backend.stream(((q, cut), text) for q, text, cut in prepared):
-            emit(make_record(q, gen, backend.name, cut, getattr(backend, "target", None),
-                             getattr(backend, "calibrate", None)))
+            emit(_record(backend, opts, q, gen, cut))
         return
     # Sort by length inside windows so that a batch pads little, while output stays near input order.
     window = max(opts.batch_size * 16, 1)
@@ -287,8 +300,7 @@ def _run_batched(backend: Any, prepared: Iterable[tuple[Query, str, bool]], opts
             batch = chunk[b:b + opts.batch_size]
             gens = backend.generate([text for _, text, _ in batch])
             for (q, _, cut), gen in zip(batch, gens):
-                emit(make_record(q, gen, backend.name, cut, getattr(backend, "target", None),
-                             getattr(backend, "calibrate", None)))
+                emit(_record(backend, opts, q, gen, cut))
 
 
 async def _run_async(backend: Any, prepared: Iterable[tuple[Query, str, bool]], opts: TagOptions,
@@ -314,8 +326,7 @@ async def _run_async(backend: Any, prepared: Iterable[tuple[Query, str, bool]], 
             finished, live = await asyncio.wait(live, return_when=asyncio.FIRST_COMPLETED)
             for task in finished:
                 (q, _, cut), gen = task.result()
-                emit(make_record(q, gen, backend.name, cut, getattr(backend, "target", None),
-                             getattr(backend, "calibrate", None)))
+                emit(_record(backend, opts, q, gen, cut))
     finally:
         for task in live:
             task.cancel()

@@ -19,6 +19,7 @@ class Generation:
     token_logprobs: list[float] | None = None
     # Or each parsed tag's confidence as a server computed it (instag serve: calibrated), in answer order.
     tag_confidences: list[float | None] | None = None
+    min_tag_confidence: float | None = None  # the server's default threshold (instag serve), where it says
 
 
 # Queries longer than this many tokens are cut before tagging (instag tag's --max-query-tokens, the endpoint).

@@ -16,6 +16,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from instag.tagger.backends import Generation
 from instag.tagger.confidence import CONFIDENCE, chat_token_ends
+from instag.tagger.parse import parse_tags
 from instag.tagger.prompt import ANSWER_PREFIX, Target, answer_pattern, build_messages
 
 log = logging.getLogger(__name__)
@@ -78,10 +79,15 @@ class OpenAIBackend:
         usage = resp.usage
         choice = resp.choices[0]
         text = choice.message.content or ""
-        ends = lps = confs = None
-        server_tags = (choice.model_extra or {}).get("tags") if self.prefix else None
-        if isinstance(server_tags, list) and all(isinstance(t, dict) for t in server_tags):
-            confs = [t.get(CONFIDENCE) for t in server_tags]  # instag serve's, through the adapter's calibration
+        ends = lps = confs = threshold = None
+        extra = choice.model_extra or {}
+        server_tags = [t for t in (extra.get("tags") or []) + (extra.get("low_confidence_tags") or [])
+                       if isinstance(t, dict)] if self.prefix else []
+        if server_tags:
+            # instag serve's confidences (through the adapter's calibration) and its default threshold
+            by_tag = {t.get("tag"): t.get(CONFIDENCE) for t in server_tags}
+            confs = [by_tag.get(t["tag"]) for t in parse_tags(self.prefix + text).tags]
+            threshold = ((resp.model_extra or {}).get("instag") or {}).get("min_tag_confidence", 0.0)
         elif self.prefix and getattr(choice.logprobs, "content", None):
             # another vLLM server: the raw confidences from the continuation's tokens (instag.tagger.confidence)
             lined = chat_token_ends(choice.logprobs.content, text)
@@ -89,7 +95,8 @@ class OpenAIBackend:
                 ends, lps = lined
         return Generation(text=self.prefix + text, prompt_tokens=usage.prompt_tokens if usage else 0,
                           completion_tokens=usage.completion_tokens if usage else 0, token_ends=ends,
-                          token_logprobs=lps, tag_confidences=confs)
+                          token_logprobs=lps, tag_confidences=confs,
+                          min_tag_confidence=threshold)
 
     async def agenerate(self, query: str) -> Generation:
         try:
