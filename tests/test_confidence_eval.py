@@ -95,6 +95,16 @@ def test_calibration_in_metrics_by_hand(pair_files):
     assert cal["bins"][9]["precision"] == 0.5 and cal["bins"][9]["mean_confidence"] == pytest.approx(0.925)
     assert cal["ece"] == pytest.approx((0.9 + 0.2 + 0.45 + 0.35 + 0.2 + 2 * 0.425) / 7)
 
+    # keep_one (the rule of instag tag's threshold): q1 keeps "mathematics" (0.9) at 0.95 too
+    from instag.distill.calibration import pr_curve
+    from instag.distill.matching import tag_vectors
+
+    preds, golds = [["mathematics", "algebra", "poetry"]], [["math", "algebra"]]
+    vec = tag_vectors(preds + golds, fake_embed)
+    one = pr_curve(preds, [[0.9, 0.8, 0.2]], golds, vec, thresholds=[0.95], keep_one=True)[0]
+    assert (one["tp"], one["n_pred"]) == (1, 1)
+    assert pr_curve(preds, [[0.9, 0.8, 0.2]], golds, vec, thresholds=[0.95])[0]["n_pred"] == 0
+
     curve = {r["threshold"]: r for r in cal["pr_curve"]}
     assert list(curve) == list(PR_THRESHOLDS) and PR_THRESHOLDS[-1] == 0.95 and len(PR_THRESHOLDS) == 20
     # threshold 0 keeps everything: the plain semantic level
