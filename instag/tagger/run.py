@@ -131,9 +131,9 @@ def make_record(q: Query, gen: Generation, model: str, truncated: bool, target: 
         rec.update(tags=[], raw=None, model=model, status=STATUS_ERROR, error=gen.error)
     else:
         parsed = parse_tags(gen.text)
-        if gen.tag_confidences is not None and len(gen.tag_confidences) == len(parsed.tags):
-            for tag, conf in zip(parsed.tags, gen.tag_confidences):
-                if conf is not None:
+        if gen.tag_confidences is not None:
+            for tag in parsed.tags:
+                if (conf := gen.tag_confidences.get(tag["tag"])) is not None:
                     tag[CONFIDENCE] = conf
         elif target is not None and gen.text is not None:
             attach_confidence(parsed.tags, gen.text, len(ANSWER_PREFIX[target]), gen.token_ends, gen.token_logprobs,

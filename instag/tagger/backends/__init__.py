@@ -17,8 +17,8 @@ class Generation:
     # (instag.tagger.confidence turns them into per-tag confidences); None where the engine gives none.
     token_ends: list[int] | None = None
     token_logprobs: list[float] | None = None
-    # Or each parsed tag's confidence as a server computed it (instag serve: calibrated), in answer order.
-    tag_confidences: list[float | None] | None = None
+    # Or each tag's confidence as a server computed it (instag serve: calibrated), by tag.
+    tag_confidences: dict[str, float | None] | None = None
     min_tag_confidence: float | None = None  # the server's default threshold (instag serve), where it says
 
 

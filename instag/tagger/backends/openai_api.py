@@ -16,7 +16,6 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from instag.tagger.backends import Generation
 from instag.tagger.confidence import CONFIDENCE, chat_token_ends
-from instag.tagger.parse import parse_tags
 from instag.tagger.prompt import ANSWER_PREFIX, Target, answer_pattern, build_messages
 
 log = logging.getLogger(__name__)
@@ -85,8 +84,7 @@ class OpenAIBackend:
                        if isinstance(t, dict)] if self.prefix else []
         if server_tags:
             # instag serve's confidences (through the adapter's calibration) and its default threshold
-            by_tag = {t.get("tag"): t.get(CONFIDENCE) for t in server_tags}
-            confs = [by_tag.get(t["tag"]) for t in parse_tags(self.prefix + text).tags]
+            confs = {t.get("tag"): t.get(CONFIDENCE) for t in server_tags}
             threshold = ((resp.model_extra or {}).get("instag") or {}).get("min_tag_confidence", 0.0)
         elif self.prefix and getattr(choice.logprobs, "content", None):
             # another vLLM server: the raw confidences from the continuation's tokens (instag.tagger.confidence)
