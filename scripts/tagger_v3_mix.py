@@ -1,6 +1,9 @@
 """The training mix of tagger v3: a continuation of tagger v2 (one epoch on seed v2 train minus dev).
 
-    python scripts/tagger_v3_mix.py OUT.jsonl
+    python scripts/tagger_v3_mix.py OUT.jsonl [--other-half]
+
+--other-half writes tagger v4's mix, a continuation of v3: the same seed v3 and v1-source queries and the
+half of v2's ShareGPT that v3 left out, so every train query has now had at least two passes.
 
 Seed train minus the dev slice, where v2 already trained once on all of v2: every seed v3 query (new to
 the model), every query from the v1 sources (a second pass: they are the ones whose held_out score
@@ -21,7 +24,7 @@ V3_FIRST_LINE = 4440  # queries.jsonl lines from here on were drawn for seed v3 
 MIX_SEED = 20261202
 
 
-def main(out: str, v2_sharegpt_share: float = 0.5) -> int:
+def main(out: str, v2_sharegpt_share: float = 0.5, other_half: bool = False) -> int:
     order = {json.loads(l)["id"]: n for n, l in enumerate(open(SEED / "queries.jsonl", encoding="utf-8"))}
     dev = {json.loads(l)["id"] for l in open(SEED / "dev.jsonl", encoding="utf-8") if l.strip()}
     lines = [l for l in open(SEED / "train.jsonl", encoding="utf-8") if l.strip()]
@@ -38,7 +41,7 @@ def main(out: str, v2_sharegpt_share: float = 0.5) -> int:
                 counts["seed v3"] += 1
             elif r["source"] != "sharegpt":
                 counts["v1 sources"] += 1
-            elif i in keep_v2:
+            elif (i in keep_v2) != other_half:
                 counts["v2 sharegpt"] += 1
             else:
                 continue
@@ -48,4 +51,4 @@ def main(out: str, v2_sharegpt_share: float = 0.5) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[1], other_half="--other-half" in sys.argv[2:]))
