@@ -123,7 +123,11 @@ def test_an_adapters_calibration_maps_every_raw_probability(tmp_path):
     (tmp_path / CALIBRATION_FILE).write_text(json.dumps({"method": "platt"}))
     import pytest
 
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=CALIBRATION_FILE):
+        load_calibration(str(tmp_path))
+    # the same check as the fitting side's reader: x must ascend, or np.interp would answer nonsense
+    (tmp_path / CALIBRATION_FILE).write_text(json.dumps({"method": "isotonic", "x": [0.5, 0.0], "y": [0.2, 0.6]}))
+    with pytest.raises(ValueError, match="x ascending"):
         load_calibration(str(tmp_path))
 
 

@@ -298,11 +298,9 @@ class IsotonicCalibrator:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> IsotonicCalibrator:
-        if data.get("method") != cls.method:
-            raise ValueError(f"not an isotonic calibrator: method {data.get('method')!r}")
-        x, y = [float(v) for v in data["x"]], [float(v) for v in data["y"]]
-        if not x or len(x) != len(y) or any(b < a for a, b in zip(x, x[1:])):
-            raise ValueError("an isotonic calibrator needs x and y of the same non-zero length, x ascending")
+        from instag.tagger.confidence import isotonic_points
+
+        x, y = isotonic_points(data)
         return cls(x=x, y=y)
 
     def save(self, path: Path) -> Path:

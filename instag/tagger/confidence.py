@@ -45,6 +45,16 @@ class Calibration:
         return float(np.interp(p, self.xs, self.ys))
 
 
+def isotonic_points(data: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """The (x, y) points of an isotonic calibration's JSON, checked: method, equal non-zero lengths, x ascending."""
+    if data.get("method") != "isotonic":
+        raise ValueError(f"not an isotonic calibration: method {data.get('method')!r}")
+    x, y = [float(v) for v in data.get("x") or []], [float(v) for v in data.get("y") or []]
+    if not x or len(x) != len(y) or any(b < a for a, b in zip(x, x[1:])):
+        raise ValueError("an isotonic calibration needs x and y of the same non-zero length, x ascending")
+    return x, y
+
+
 def load_calibration(adapter_dir: str | None) -> Calibration | None:
     """The adapter's calibration, None where it ships none."""
     if not adapter_dir:
@@ -53,12 +63,14 @@ def load_calibration(adapter_dir: str | None) -> Calibration | None:
     if not path.is_file():
         return None
     data = json.loads(path.read_text())
-    if data.get("method") != "isotonic" or not data.get("x") or len(data["x"]) != len(data.get("y", [])):
-        raise ValueError(f"{path}: not an isotonic calibration (method, x, y)")
+    try:
+        xs, ys = isotonic_points(data)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     threshold = float(data.get("min_tag_confidence") or 0.0)
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"{path}: min_tag_confidence must be within [0, 1], not {threshold}")
-    return Calibration([float(v) for v in data["x"]], [float(v) for v in data["y"]], threshold)
+    return Calibration(xs, ys, threshold)
 
 
 def keep_mask(confs: Sequence[float | None], threshold: float) -> list[bool]:
