@@ -93,6 +93,23 @@ def test_tags_per_query_overall_and_per_source(files):
     assert by["code"]["tags_per_query"]["pred"]["mean"] == 0.0 and by["code"]["tags_per_query"]["gold"]["hist"]["2"] == 1
 
 
+def test_complexity_rank_correlation_of_tag_counts(tmp_path, files):
+    gold_a, _, pred = files
+    # scored: a1 3 vs 3, a2 4 vs 2, a3 0 (unparsed) vs 2: ranks (2, 3, 1) against (3, 1.5, 1.5) do not co-vary
+    assert evaluate_predictions(pred, gold_a, embed=None)["complexity_spearman"] == 0.0
+    tags = [f"tag {i}" for i in range(6)]
+    gold = write_jsonl(tmp_path / "g.jsonl", [rec(str(i), "s", tags[:n]) for i, n in enumerate([1, 2, 5, 3])])
+    same_order = write_jsonl(tmp_path / "p.jsonl", [rec(str(i), "s", tags[:n]) for i, n in enumerate([2, 3, 6, 4])])
+    m = evaluate_predictions(same_order, gold, embed=None)
+    assert m["complexity_spearman"] == 1.0 and m["by_source"]["s"]["complexity_spearman"] == 1.0
+    flat = write_jsonl(tmp_path / "f.jsonl", [rec(str(i), "s", tags[:3]) for i in range(4)])
+    assert evaluate_predictions(flat, gold, embed=None)["complexity_spearman"] is None  # nothing to rank by
+    from instag.distill.report import section
+
+    text = section("t", m, None)
+    assert "rank corr. with gold" in text and "rank correlation with gold 1.000" in text
+
+
 def test_histogram_puts_eight_and_more_in_one_bin(tmp_path):
     many = [f"tag {i}" for i in range(11)]
     gold = write_jsonl(tmp_path / "g.jsonl", [rec("1", "s", many[:8]), rec("2", "s", many[:1])])

@@ -139,6 +139,14 @@ def tags_per_query(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
     return out
 
 
+def complexity_spearman(frame: pd.DataFrame) -> float | None:
+    """Spearman correlation of the model's and the teacher's tag counts per query. InsTag's complexity is a
+    query's tag count and complexity-first sampling ranks by it, so this says how well the model's counts
+    rank queries the way the teacher's do (None where either side's counts do not vary)."""
+    rho = frame["pred"].map(len).corr(frame["gold"].map(len), method="spearman") if len(frame) > 1 else None
+    return None if rho is None or pd.isna(rho) else round(float(rho), 4)
+
+
 def tag_errors(frame: pd.DataFrame, top: int = TOP_TAGS) -> dict[str, list[dict[str, Any]]]:
     """Over-predicted and most-missed tags at the rule level (spelling variants counted together).
 
@@ -185,6 +193,7 @@ def _basic(frame: pd.DataFrame, embed: EmbedFn | None, threshold: float) -> dict
         "levels": {k: v.to_dict() for k, v in levels.items()},
         "statuses": {str(k): int(v) for k, v in frame["status"].value_counts().sort_index().items()},
         "tags_per_query": tpq,
+        "complexity_spearman": complexity_spearman(scored),
     }
 
 

@@ -71,10 +71,12 @@ def tpq_table(m: dict[str, Any]) -> str:
     bins = list(m["tags_per_query"]["pred"]["hist"])
     rows = []
     for name, v in [("all", m), *((s, v) for s, v in m["by_source"].items() if v["queries"])]:
+        rho = v.get("complexity_spearman")
         for side, label in (("pred", "model"), ("gold", "gold")):
             t = v["tags_per_query"][side]
-            rows.append([name, label, _f(t["mean"], 2), *(t["hist"][b] for b in bins)])
-    return md_table(["source", "", "mean", *bins], rows)
+            corr = ("–" if rho is None else _f(rho)) if side == "pred" else ""
+            rows.append([name, label, _f(t["mean"], 2), *(t["hist"][b] for b in bins), corr])
+    return md_table(["source", "", "mean", *bins, "rank corr. with gold"], rows)
 
 
 def tag_tables(m: dict[str, Any]) -> str:
@@ -118,7 +120,8 @@ def section(title: str, m: dict[str, Any], ceiling: dict[str, Any] | None, per_s
         f"## {title}", levels_table(m, ceiling),
         f"{m['queries']} queries scored; predictions by status: {statuses}. Parse failures (status not ok, scored "
         f"as no tags) {m['parse_failure_rate']:.1%}; tags/query {m['avg_pred_tags']:.2f} (gold "
-        f"{m['avg_gold_tags']:.2f})."]
+        f"{m['avg_gold_tags']:.2f}); complexity (tag count) rank correlation with gold "
+        f"{'–' if m.get('complexity_spearman') is None else _f(m['complexity_spearman'])}."]
     if per_source:
         parts += ["### By source", by_source_table(m, ceiling), "### Tags per query", tpq_table(m)]
     if m.get("calibration"):
