@@ -13,7 +13,9 @@
 #            the first K of them for K = K_MAX, K_MAX/2, ..., 1 (guided), then K_MAX and 1 unguided
 #            (benchmarks/tag_throughput.py's vllm-xK/U rows, N_SCALE queries a row, the first 1,000
 #            answers of each kept to compare with `tag`);
-#   lora, unguided, merged   one engine: as `instag tag` runs it / without the grammar / adapter merged.
+#   lora, unguided, merged   one engine: as `instag tag` runs it / without the grammar / adapter merged;
+#   start    the engine's start (64 queries): cold and warm vLLM compile cache, instag's CUDA graph sizes
+#            (powers of two) against vLLM's own (INSTAG_CUDA_GRAPH_SIZES=vllm), SECONDS each.
 # Results and logs go to $OUT (default benchmarks/results) as gpu_<experiment>.json / .log. N (default
 # 16384), N_SCALE (4096), K_MAX (4), PYTHON (python3) can be set in the environment.
 #
@@ -82,6 +84,25 @@ with open(sys.argv[1]) as f, open(sys.argv[2], 'w') as out:
 " "$B/tag_out.jsonl" "$OUT/gpu_tag_answers.jsonl" 2>/dev/null && xz -f "$OUT/gpu_tag_answers.jsonl"
 }
 
+start_run() {  # engine start of `instag tag --model local` on 64 queries: cold (empty vLLM cache), then warm,
+  # with instag's CUDA graph sizes and with vLLM's own; vLLM's phase lines (compile, graphs) kept per run
+  local secs=$1 name graphs t0
+  head -n 64 "$B/queries.jsonl" > "$B/start_in.jsonl"
+  for run in cold:instag warm:instag warm:vllm; do
+    name=${run%%:*}_${run#*:} graphs=${run#*:}
+    [ "$name" = cold_instag ] && rm -rf "$B/vllm_cache"
+    echo "== start $name (${secs} s at most)"
+    rm -f "$B/start_out.jsonl"; t0=$(date +%s.%N)
+    VLLM_CACHE_ROOT="$B/vllm_cache" INSTAG_CUDA_GRAPH_SIZES=$([ "$graphs" = vllm ] && echo vllm) \
+      timeout "$secs" "$PY" -m instag.cli -v tag "$B/start_in.jsonl" -o "$B/start_out.jsonl" --model local \
+      > "$OUT/gpu_start_$name.log" 2>&1
+    echo "   exit $?; wall $(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $t0}") s for 64 queries"
+    cleanup
+    grep -iE "torch.compile takes|graph capturing finished|init engine|model loading took|compil" \
+      "$OUT/gpu_start_$name.log" | tail -n 8
+  done
+}
+
 scale_rows() {
   local rows="" k=$K_MAX
   while [ "$k" -ge 1 ]; do rows+="vllm-x$K_MAX/$k@$N_SCALE,"; k=$((k / 2)); done
@@ -92,6 +113,7 @@ for spec in ${EXPERIMENTS//,/ }; do
   e=${spec%%:*}; secs=$EACH; [ "$spec" != "$e" ] && secs=${spec#*:}
   case $e in
     tag) tag_run "$secs" ;;
+    start) start_run "$secs" ;;
     scale) bench scale "$secs" --engines "$(scale_rows)" --max-new-tokens 256 --keep-answers 1000 ;;
     lora) bench lora "$secs" --engines vllm ;;
     unguided) bench unguided "$secs" --engines vllm --unguided ;;

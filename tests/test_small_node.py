@@ -108,6 +108,36 @@ def test_engine_kwargs_give_a_cpu_engine_a_fixed_kv_cache_unless_told_otherwise(
     assert "kv_cache_memory_bytes" not in engine_kwargs(resolved)
 
 
+def test_a_gpu_engine_captures_few_cuda_graphs_unless_told_otherwise(embedded_dir, monkeypatch):
+    """No GPU here: the machine is said to have one, and only the arguments instag gives vLLM are checked
+    (that vLLM takes them: CompilationConfig below; what they save: docs/benchmarks.md, H200 calls)."""
+    import json
+
+    from vllm.config import CompilationConfig
+
+    from instag.serve.server import server_command
+    from instag.tagger.backends import vllm_engine as ve
+    from instag.tagger.models import ResolvedModel
+
+    monkeypatch.setattr(ve, "on_gpu", lambda: True)
+    monkeypatch.delenv(ve.CUDA_GRAPH_ENV, raising=False)
+    resolved = ResolvedModel(name="base", base=str(embedded_dir))
+    cc = ve.engine_kwargs(resolved)["compilation_config"]
+    assert cc == {"cudagraph_capture_sizes": [1, 2, 4, 8, 16, 32, 64, 128, 256, 512], "cudagraph_specialize_lora": False}
+    assert CompilationConfig(**cc).cudagraph_capture_sizes == cc["cudagraph_capture_sizes"]
+    assert ve.engine_kwargs(resolved, max_num_seqs=96)["compilation_config"]["cudagraph_capture_sizes"][-2:] == [64, 96]
+    assert "compilation_config" not in ve.engine_kwargs(resolved, enforce_eager=True)  # no graphs at all
+    cmd = server_command(resolved)
+    assert json.loads(cmd[cmd.index("--compilation-config") + 1]) == cc
+    monkeypatch.setenv(ve.CUDA_GRAPH_ENV, "vllm")
+    assert "compilation_config" not in ve.engine_kwargs(resolved)
+    monkeypatch.setenv(ve.CUDA_GRAPH_ENV, "256, 8")
+    assert ve.engine_kwargs(resolved)["compilation_config"]["cudagraph_capture_sizes"] == [8, 256]
+    monkeypatch.setenv(ve.CUDA_GRAPH_ENV, "big")
+    with pytest.raises(ValueError, match=ve.CUDA_GRAPH_ENV):
+        ve.engine_kwargs(resolved)
+
+
 def test_failure_cause_names_the_error_not_vllms_wrapper():
     from instag.tagger.backends.engine_start import failure_cause, fix_hint
 

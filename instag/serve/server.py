@@ -9,6 +9,7 @@ watchdog process (:mod:`instag.procs`) stops its process group if ``instag serve
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -52,6 +53,8 @@ def server_command(resolved: ResolvedModel, *, host: str = "127.0.0.1", port: in
         cmd += ["--block-size", str(kw["block_size"])]
     if "kv_cache_memory_bytes" in kw:
         cmd += ["--kv-cache-memory-bytes", str(kw["kv_cache_memory_bytes"])]
+    if "compilation_config" in kw:
+        cmd += ["--compilation-config", json.dumps(kw["compilation_config"])]
     if resolved.adapter:
         cmd += ["--served-model-name", resolved.name, "--enable-lora", "--max-loras", "1",
                 "--max-lora-rank", str(kw["max_lora_rank"]), "--lora-modules", f"{SERVED_NAME}={resolved.adapter}"]

@@ -50,6 +50,13 @@ GPU_MEMORY_FRACTION = 0.85  # vLLM's default share of GPU memory
 CPU_MEMORY_FRACTION = 0.15
 # A GPU engine's memory outside its KV cache (weights, activations, CUDA graphs), SmolLM2-135M on an H200.
 GPU_ENGINE_RESERVE = 3 << 30
+# CUDA graphs on a GPU. vLLM captures 51 batch sizes by default (1, 2, 4, 8-248 by 8, 256-512 by 16), each
+# twice with a LoRA (an adapter active or not): a large share of an H200 engine's start (docs/benchmarks.md).
+# A tagger's decode batches stay full until a run's tail, and every request uses the adapter, so powers of
+# two and one LoRA graph per size do; a batch between two sizes is padded to the larger. The environment
+# variable takes a comma-separated list instead, or "vllm" for vLLM's own choice.
+CUDA_GRAPH_ENV = "INSTAG_CUDA_GRAPH_SIZES"
+GPU_MAX_CAPTURE = 512  # vLLM's own cap on a captured size
 
 
 def vllm_available() -> bool:
@@ -152,11 +159,33 @@ def engine_kwargs(resolved: ResolvedModel, *, dtype: str = "auto", max_model_len
         kw["kv_cache_memory_bytes"] = kv_cache_bytes
     if max_num_seqs:  # sequences in flight per step (on a GPU vLLM picks a default per device)
         kw["max_num_seqs"] = max_num_seqs
+    if gpu and not kw["enforce_eager"] and (graphs := gpu_compilation_config(max_num_seqs)):
+        kw["compilation_config"] = graphs
     if resolved.adapter:
         cfg = json.loads((Path(resolved.adapter) / "adapter_config.json").read_text())
         rank = int(cfg.get("r", 16))
         kw.update(enable_lora=True, max_loras=1, max_lora_rank=next(r for r in LORA_RANKS if r >= rank))
     return kw
+
+
+def gpu_compilation_config(max_num_seqs: int | None) -> dict[str, Any] | None:
+    """vLLM's ``compilation_config`` for a GPU engine: the CUDA graph sizes it captures (see
+    ``CUDA_GRAPH_ENV``); None leaves vLLM's defaults."""
+    setting = os.environ.get(CUDA_GRAPH_ENV, "").strip()
+    if setting == "vllm":
+        return None
+    top = min(GPU_MAX_CAPTURE, max_num_seqs or GPU_MAX_CAPTURE)
+    if setting:
+        try:
+            sizes = sorted({int(v) for v in setting.split(",") if v.strip()})
+        except ValueError:
+            raise ValueError(f"{CUDA_GRAPH_ENV}={setting!r}: a comma-separated list of batch sizes, or 'vllm'") from None
+        if not sizes or sizes[0] < 1:
+            raise ValueError(f"{CUDA_GRAPH_ENV}={setting!r}: batch sizes must be positive")
+    else:
+        sizes = [1 << i for i in range(top.bit_length())]
+        sizes += [] if sizes[-1] == top else [top]
+    return {"cudagraph_capture_sizes": sizes, "cudagraph_specialize_lora": False}
 
 
 class VLLMBackend:
