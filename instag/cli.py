@@ -75,7 +75,7 @@ MIN_TAG_CONFIDENCE_HELP = ("Leave out of normalized_tags the tags whose confiden
                            "probability of the tag; the records keep them, the map counts them as dropped).")
 TAG_THRESHOLD_HELP = ("Local tagger: move the tags whose confidence is below this to the record's low_confidence_tags "
                       "(a query keeps its most confident tag). Default: the tagger's own (the shipped one keeps every "
-                      "tag; its card gives the threshold that maximizes F1 on its dev slice, 0.2).")
+                      "tag; its card gives the threshold that maximizes F1 on its dev slice).")
 KV_CACHE_HELP = ("vLLM: KV cache size in GiB (default on a CPU: sized from the model, at most a quarter of the "
                  "free memory; VLLM_CPU_KVCACHE_SPACE wins).")
 
