@@ -26,16 +26,13 @@ import json
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from instag.distill.calibration import (IsotonicCalibrator, calibration_gain, expected_calibration_error,  # noqa: E402
                                         pr_curve)
-from instag.distill.evaluate import calibration_outcomes, complexity_spearman, load_pairs  # noqa: E402
+from instag.distill.evaluate import calibration_outcomes, load_pairs  # noqa: E402
 from instag.distill.matching import tag_vectors  # noqa: E402
-from instag.tagger.confidence import keep_mask  # noqa: E402
 
 THRESHOLDS = [round(0.025 * i, 3) for i in range(25)]  # 0 .. 0.6: where dropping tags can pay
 
@@ -43,7 +40,7 @@ THRESHOLDS = [round(0.025 * i, 3) for i in range(25)]  # 0 .. 0.6: where droppin
 def best_threshold(cal: IsotonicCalibrator, pred: Path, gold: list[Path]) -> tuple[float, list[dict]]:
     """The calibrated confidence below which dropping a query's tags (its most confident one always kept,
     as `instag tag` does) gives the best semantic F1 on these predictions, and the curve it was read off
-    (each row with the Spearman correlation of the kept tag counts with the teacher's)."""
+    (each row with the rank correlation of the kept tag counts with the teacher's)."""
     from instag.select.normalize import sentence_transformer_embedder
 
     frame = load_pairs(pred, gold)
@@ -52,9 +49,6 @@ def best_threshold(cal: IsotonicCalibrator, pred: Path, gold: list[Path]) -> tup
     confs = [[None if c is None else float(cal.apply(c)) for c in cs] for cs in frame["pred_conf"]]
     vec = tag_vectors(preds + golds, sentence_transformer_embedder())
     curve = pr_curve(preds, confs, golds, vec, thresholds=THRESHOLDS, keep_one=True)
-    for row in curve:
-        kept = [pd.Series(p)[keep_mask(c, row["threshold"])].tolist() if p else [] for p, c in zip(preds, confs)]
-        row["complexity_spearman"] = complexity_spearman(pd.DataFrame({"pred": kept, "gold": golds}))
     best = max(curve, key=lambda r: (round(r["f1"], 4), -r["threshold"]))
     return best["threshold"], curve
 

@@ -188,6 +188,7 @@ def test_bad_input_exit_codes(tiny_model_dir, tmp_path):
 @pytest.mark.slow
 def test_local_is_the_shipped_distilled_adapter_and_tags_the_sample_file(tmp_path):
     """README's first command: `--model local` is the registered default adapter on the embedded model."""
+    from instag.tagger.confidence import load_calibration
     from instag.tagger.models import default_adapter, resolve
     from tests.conftest import REPO
 
@@ -205,7 +206,7 @@ def test_local_is_the_shipped_distilled_adapter_and_tags_the_sample_file(tmp_pat
                for r in recs), [r["raw"] for r in recs]
     # the adapter's own threshold (its calibration's min_tag_confidence; 0, keep all, unless it was shipped
     # with one) moves the unsure tags aside, and a query keeps at least its most confident tag
-    threshold = json.loads((path / "confidence_calibration.json").read_text()).get("min_tag_confidence", 0.0)
+    threshold = load_calibration(str(path)).min_tag_confidence
     for r in recs:
         low = r.get("low_confidence_tags", [])
         assert all(0 <= t["confidence"] <= 1 for t in r["tags"] + low), r

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from instag.distill.matching import SEMANTIC_THRESHOLD, dedupe, semantic_pairs, tag_vectors
 from instag.select.normalize import EmbedFn, confidence_by_tag
@@ -134,11 +135,21 @@ def expected_calibration_error(confidence: Sequence[float] | np.ndarray, correct
 # ---------------------------------------------------------------- precision / recall
 
 
+def rank_correlation(pred_counts: Sequence[int], gold_counts: Sequence[int]) -> float | None:
+    """Spearman correlation of the model's and the teacher's tag counts per query (InsTag's complexity),
+    rounded; None where there are fewer than two queries or either side's counts do not vary."""
+    if len(pred_counts) < 2:
+        return None
+    rho = pd.Series(pred_counts, dtype=float).corr(pd.Series(gold_counts, dtype=float), method="spearman")
+    return None if pd.isna(rho) else round(float(rho), 4)
+
+
 def pr_curve(preds: Sequence[Sequence[str]], confs: ConfLists | None, golds: Sequence[Sequence[str]],
              vec: dict[str, np.ndarray], threshold: float = SEMANTIC_THRESHOLD,
              thresholds: Sequence[float] = PR_THRESHOLDS, keep_one: bool = False) -> list[dict[str, float]]:
     """The semantic level re-scored on the predicted tags kept by "confidence >= t" (unknown kept), for
-    each t: micro precision, recall (over all gold tags), F1, counts and the share of predicted tags kept.
+    each t: micro precision, recall (over all gold tags), F1, counts, the share of predicted tags kept and
+    the rank correlation of the kept tag counts with the teacher's (:func:`rank_correlation`).
     Matching again, rather than reusing each tag's verdict, lets a kept tag take a gold tag that a dropped
     near-duplicate held. ``keep_one``: a query keeps its most confident tag, as `instag tag
     --min-tag-confidence` does (instag.tagger.confidence.keep_mask); otherwise the rule of normalize."""
@@ -151,17 +162,20 @@ def pr_curve(preds: Sequence[Sequence[str]], confs: ConfLists | None, golds: Seq
     rows = []
     for t in thresholds:
         tp = n_pred = 0
+        counts = []
         for by_tag, gold in per_query:
             if keep_one:
                 kept = [p for p, k in zip(by_tag, keep_mask(list(by_tag.values()), t)) if k]
             else:
                 kept = [p for p, c in by_tag.items() if c is None or c >= t]
+            counts.append(len(kept))
             n_pred += len(kept)
             tp += len(semantic_pairs(kept, gold, vec, threshold))
         p = tp / n_pred if n_pred else 0.0
         r = tp / n_gold if n_gold else 0.0
         rows.append({"threshold": float(t), "precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0,
-                     "tp": tp, "n_pred": n_pred, "n_gold": n_gold, "kept_share": n_pred / n_all if n_all else 0.0})
+                     "tp": tp, "n_pred": n_pred, "n_gold": n_gold, "kept_share": n_pred / n_all if n_all else 0.0,
+                     "complexity_spearman": rank_correlation(counts, [len(g) for g in golds])})
     return rows
 
 

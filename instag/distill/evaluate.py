@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from instag.distill.calibration import TagOutcomes, calibration_metrics, tag_outcomes, write_plots
+from instag.distill.calibration import TagOutcomes, calibration_metrics, rank_correlation, tag_outcomes, write_plots
 from instag.distill.matching import SEMANTIC_THRESHOLD, semantic_pairs, tag_vectors
 from instag.distill.matching import dedupe as _dedupe
 from instag.select.normalize import EmbedFn, rule_key
@@ -143,8 +143,7 @@ def complexity_spearman(frame: pd.DataFrame) -> float | None:
     """Spearman correlation of the model's and the teacher's tag counts per query. InsTag's complexity is a
     query's tag count and complexity-first sampling ranks by it, so this says how well the model's counts
     rank queries the way the teacher's do (None where either side's counts do not vary)."""
-    rho = frame["pred"].map(len).corr(frame["gold"].map(len), method="spearman") if len(frame) > 1 else None
-    return None if rho is None or pd.isna(rho) else round(float(rho), 4)
+    return rank_correlation(list(frame["pred"].map(len)), list(frame["gold"].map(len)))
 
 
 def tag_errors(frame: pd.DataFrame, top: int = TOP_TAGS) -> dict[str, list[dict[str, Any]]]:

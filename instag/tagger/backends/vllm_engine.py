@@ -174,7 +174,6 @@ def gpu_compilation_config(max_num_seqs: int | None) -> dict[str, Any] | None:
     setting = os.environ.get(CUDA_GRAPH_ENV, "").strip()
     if setting == "vllm":
         return None
-    top = min(GPU_MAX_CAPTURE, max_num_seqs or GPU_MAX_CAPTURE)
     if setting:
         try:
             sizes = sorted({int(v) for v in setting.split(",") if v.strip()})
@@ -183,6 +182,7 @@ def gpu_compilation_config(max_num_seqs: int | None) -> dict[str, Any] | None:
         if not sizes or sizes[0] < 1:
             raise ValueError(f"{CUDA_GRAPH_ENV}={setting!r}: batch sizes must be positive")
     else:
+        top = min(GPU_MAX_CAPTURE, max_num_seqs or GPU_MAX_CAPTURE)
         sizes = [1 << i for i in range(top.bit_length())]
         sizes += [] if sizes[-1] == top else [top]
     return {"cudagraph_capture_sizes": sizes, "cudagraph_specialize_lora": False}
