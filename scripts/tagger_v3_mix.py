@@ -21,6 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SEED = REPO / "data/seed"
 V3_FIRST_LINE = 4440  # queries.jsonl lines from here on were drawn for seed v3 (scripts/seed_sample_v3.py)
+V4_FIRST_LINE = 8640  # and from here on for seed v4 (scripts/seed_sample_v4.py), which these mixes predate
 MIX_SEED = 20261202
 
 
@@ -35,7 +36,7 @@ def main(out: str, v2_sharegpt_share: float = 0.5, other_half: bool = False) -> 
     with open(out, "w", encoding="utf-8") as f:
         for i, line in enumerate(lines):
             r = json.loads(line)
-            if r["id"] in dev:
+            if r["id"] in dev or order[r["id"]] >= V4_FIRST_LINE:
                 continue
             if order[r["id"]] >= V3_FIRST_LINE:
                 counts["seed v3"] += 1
