@@ -3,8 +3,9 @@
     python scripts/tagger_tag_shares.py sample OUT.jsonl             # 1,000 ShareGPT first turns in no seed split
     python scripts/tagger_tag_shares.py compare TAGS.jsonl [TAGS.jsonl ...] -o shares.json
 
-``sample`` draws (seed 20261202) 1,000 distinct ShareGPT first turns whose id and text are in no line of
-data/seed/queries.jsonl. ``compare`` takes tag files of those queries (one per tagger, as `instag tag`
+``sample`` draws (seed 20261202) 1,000 distinct ShareGPT first turns whose id and text are in none of
+the first 8,640 lines of data/seed/queries.jsonl (seed v1-v3; seed v4 was drawn around these 1,000, so the
+same 1,000 come out after it). ``compare`` takes tag files of those queries (one per tagger, as `instag tag`
 writes them) and prints, for the 20 tags the first file writes most, the share of queries carrying each,
 in every file and in the teacher's tags of held_out_sharegpt (the teacher's shares on real queries). A
 tagger whose share of a tag is far above the teacher's over-predicts it (issue 26: the shipped adapter
@@ -29,14 +30,18 @@ TOP = 20
 TEACHER = REPO / "data" / "seed" / "held_out_sharegpt.jsonl"
 
 
-def sample(out: Path) -> None:
+SEED_LINES = 8640  # seed v1-v3: the queries the 1,000 were drawn around
+
+
+def fresh_queries() -> tuple[list[dict], int]:
+    """The 1,000 fresh ShareGPT first turns, and the size of the pool they were drawn from."""
     from instag.select.pool import SHAREGPT_SOURCE, iter_sources
 
     def norm(text: str) -> str:
         return " ".join(text.lower().split())
 
-    seeds = [json.loads(line) for line in (REPO / "data/seed/queries.jsonl").read_text(encoding="utf-8").split("\n")
-             if line.strip()]
+    lines = (REPO / "data/seed/queries.jsonl").read_text(encoding="utf-8").split("\n")[:SEED_LINES]
+    seeds = [json.loads(line) for line in lines if line.strip()]
     taken_ids, taken = {r["id"] for r in seeds}, {norm(r["query"]) for r in seeds}
     pool = []
     for r in iter_sources([SHAREGPT_SOURCE]):
@@ -44,9 +49,13 @@ def sample(out: Path) -> None:
         if r["id"] not in taken_ids and key not in taken and len(r["query"]) >= 20:
             taken.add(key)
             pool.append({"id": r["id"], "source": r["source"], "query": r["query"]})
-    picked = random.Random(SEED).sample(pool, N)
+    return random.Random(SEED).sample(pool, N), len(pool)
+
+
+def sample(out: Path) -> None:
+    picked, pool = fresh_queries()
     out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in picked), encoding="utf-8")
-    print(f"{out}: {len(picked)} of {len(pool)} ShareGPT first turns in no seed split")
+    print(f"{out}: {len(picked)} of {pool} ShareGPT first turns in no seed split")
 
 
 def shares(path: Path) -> tuple[Counter, int]:
