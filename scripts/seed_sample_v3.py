@@ -3,8 +3,8 @@
     pip install -e '.[seed]'          # langdetect, for the language rule below
     python scripts/seed_sample_v3.py  # appends to data/seed/queries.jsonl after its first 4,440 lines
 
-Rerunnable: the first 4,440 lines (seed v1 + v2) are kept byte for byte and everything after them is
-drawn again with fixed seeds from the same package; nothing is cached.
+Rerunnable: the first 4,440 lines (seed v1 + v2) are kept byte for byte, the next 4,200 are drawn again
+with fixed seeds from the same package (nothing is cached), and the lines after them (seed v4 on) are kept.
 
 Candidates: distinct first human turns of the ``sharegpt`` pool source, at least 20 characters and at
 most MAX_CHARS long, whose id and text (case and spacing ignored) are in no earlier line. Each falls in
@@ -35,6 +35,7 @@ from __future__ import annotations
 import random
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,16 +80,23 @@ def language(text: str) -> str:
     return best.lang if best.lang != "en" and best.prob >= LANG_PROB else "en"
 
 
-def main() -> None:
-    path = SEED_DIR / "queries.jsonl"
-    kept, taken_ids, taken_texts = kept_prefix(path, V2_LINES)
-
-    cands = []
+def new_first_turns(taken_ids: set, taken_texts: set) -> Iterator[dict]:
+    """ShareGPT first turns of MIN_CHARS to MAX_CHARS characters whose id and text (case and spacing
+    ignored) are not taken; each text once (``taken_texts`` grows)."""
     for r in iter_sources([SHAREGPT_SOURCE]):
         key = norm(r["query"])
         if r["id"] in taken_ids or key in taken_texts or not MIN_CHARS <= len(r["query"]) <= MAX_CHARS:
             continue
         taken_texts.add(key)
+        yield r
+
+
+def main() -> None:
+    path = SEED_DIR / "queries.jsonl"
+    kept, taken_ids, taken_texts = kept_prefix(path, V2_LINES)
+
+    cands = []
+    for r in new_first_turns(taken_ids, taken_texts):
         lang = language(r["query"])
         kind = "non-english" if lang != "en" else ("long" if len(r["query"]) > LONG_CHARS else "standard")
         cands.append({**r, "lang": lang, "kind": kind})
@@ -128,7 +136,9 @@ def main() -> None:
     rng.shuffle(train)
     new = [record(r, HELD_OUT_SPLIT) for r in held] + [record(r, "train") for r in train]
     assert len({r["id"] for r in new}) == len(new) and not taken_ids & {r["id"] for r in new}
-    path.write_bytes(b"\n".join(kept) + b"\n" + "".join(dumps(r) + "\n" for r in new).encode("utf-8"))
+    later = [line for line in path.read_bytes().split(b"\n")[V2_LINES + len(new):] if line]  # seed v4 on, kept
+    path.write_bytes(b"\n".join(kept) + b"\n" + "".join(dumps(r) + "\n" for r in new).encode("utf-8")
+                     + b"".join(line + b"\n" for line in later))
     print(f"wrote {path}: {V2_LINES} v1 + v2 + {len(new)} new; {HELD_OUT_SPLIT} = lines "
           f"{V2_LINES + 1}-{V2_LINES + len(held)}")
     for name, recs in (("held out", held), ("train", train)):

@@ -30,11 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from seed_sample_v2 import MIN_CHARS, dumps, kept_prefix, norm  # noqa: E402
-from seed_sample_v3 import LONG_CHARS, MAX_CHARS, language  # noqa: E402
+from seed_sample_v2 import dumps, kept_prefix, norm  # noqa: E402
+from seed_sample_v3 import LONG_CHARS, language, new_first_turns  # noqa: E402
 from tagger_tag_shares import fresh_queries  # noqa: E402
-
-from instag.select.pool import SHAREGPT_SOURCE, iter_sources  # noqa: E402
 
 SEED = 20261203
 V3_LINES = 8640
@@ -49,13 +47,7 @@ def main() -> None:
     taken_ids |= {r["id"] for r in fresh}
     taken_texts |= {norm(r["query"]) for r in fresh}
 
-    cands = []
-    for r in iter_sources([SHAREGPT_SOURCE]):
-        key = norm(r["query"])
-        if r["id"] in taken_ids or key in taken_texts or not MIN_CHARS <= len(r["query"]) <= MAX_CHARS:
-            continue
-        taken_texts.add(key)
-        cands.append(r)
+    cands = list(new_first_turns(taken_ids, taken_texts))
     picked = random.Random(SEED).sample(cands, N_TRAIN)
     new = []
     for r in picked:
