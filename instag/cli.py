@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -41,6 +43,26 @@ EXIT_INTERRUPTED = 130
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+@contextmanager
+def _tagging_errors() -> Iterator[None]:
+    """What `instag tag` and `instag run` exit with when tagging cannot go on: a stop before tagging began
+    (reading the input, starting the engine) with its signal's code, bad input, an engine that did not
+    start, a model that cannot be used."""
+    from instag.tagger.backends.engine_start import EngineStartError
+    from instag.tagger.models import ModelError
+
+    try:
+        yield
+    except Terminated as e:
+        raise typer.Exit(e.exit_code)
+    except InputError as e:
+        _fail(str(e))
+    except EngineStartError as e:
+        _fail(str(e), EXIT_FAILED_QUERIES)
+    except (ModelError, ValueError, OSError) as e:
+        _fail(f"{type(e).__name__}: {e}")
 
 
 def _table(title: str, columns: tuple[str, ...], numeric: tuple[str, ...] = (), min_width: int = 4) -> Table:
@@ -131,8 +153,6 @@ def tag(
     min_tag_confidence: Optional[float] = typer.Option(None, min=0.0, max=1.0, help=TAG_THRESHOLD_HELP),
 ) -> None:
     """Tag every query of INPUT with intent tags; append results to OUTPUT."""
-    from instag.tagger.backends.engine_start import EngineStartError
-    from instag.tagger.models import ModelError
     from instag.tagger.run import OPENAI_PREFIX, TagOptions, tag_file
 
     api_key = None
@@ -160,17 +180,8 @@ def tag(
                               cpus_per_worker=cpus_per_worker, rows_per_call=ray_rows_per_call, local_cpus=ray_cpus)
         run = lambda: tag_distributed(input, output, opts, ray_opts)  # noqa: E731
     # SIGTERM and SIGHUP stop a run as Ctrl-C does: what is tagged is kept and the engine is shut down.
-    with raising_on(signal.SIGTERM, signal.SIGHUP) as caught:
-        try:
-            summary = run()
-        except Terminated as e:  # before tagging began (reading the input, starting the engine)
-            raise typer.Exit(e.exit_code)
-        except InputError as e:
-            _fail(str(e))
-        except EngineStartError as e:
-            _fail(str(e), EXIT_FAILED_QUERIES)
-        except (ModelError, ValueError, OSError) as e:
-            _fail(f"{type(e).__name__}: {e}")
+    with raising_on(signal.SIGTERM, signal.SIGHUP) as caught, _tagging_errors():
+        summary = run()
     _print_tag_summary(summary)
     if summary_json:
         summary_json.write_text(json.dumps(summary.to_dict(), indent=2))
@@ -229,8 +240,6 @@ def run_cmd(
     """Tag, normalize, analyze and select in one go into OUT_DIR; steps already done are skipped."""
     from instag.pipeline import run_pipeline
     from instag.select.normalize import NormalizeParams
-    from instag.tagger.backends.engine_start import EngineStartError
-    from instag.tagger.models import ModelError
     from instag.tagger.run import OPENAI_PREFIX, TagOptions
 
     api_key = os.environ.get(api_key_env) if model.startswith(OPENAI_PREFIX) else None
@@ -254,18 +263,9 @@ def run_cmd(
         elif step.step == "select":
             _print_select_summary(res.select, res.paths.selected)
 
-    with raising_on(signal.SIGTERM, signal.SIGHUP) as caught:  # as in `instag tag`
-        try:
-            res = run_pipeline(input, out_dir, opts, n=n, strategy=strategy, seed=seed, on_step=on_step,
-                               on_done=on_done, params=NormalizeParams(min_tag_confidence=min_tag_confidence))
-        except Terminated as e:
-            raise typer.Exit(e.exit_code)
-        except InputError as e:
-            _fail(str(e))
-        except EngineStartError as e:
-            _fail(str(e), EXIT_FAILED_QUERIES)
-        except (ModelError, ValueError, OSError) as e:
-            _fail(f"{type(e).__name__}: {e}")
+    with raising_on(signal.SIGTERM, signal.SIGHUP) as caught, _tagging_errors():  # as in `instag tag`
+        res = run_pipeline(input, out_dir, opts, n=n, strategy=strategy, seed=seed, on_step=on_step,
+                           on_done=on_done, params=NormalizeParams(min_tag_confidence=min_tag_confidence))
     t = _table(f"instag run -> {out_dir}", ("step", "done", "seconds", "output", "result"), numeric=("seconds",))
     for s in res.steps:
         outputs = ", ".join(str(p.relative_to(out_dir)) for p in s.outputs)
