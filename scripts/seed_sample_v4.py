@@ -1,7 +1,7 @@
 """Draw seed v4: 410 ShareGPT first turns as they come, for teacher tags (train only).
 
     pip install -e '.[seed]'          # langdetect, for seed v3's language rule
-    python scripts/seed_sample_v4.py  # appends to data/seed/queries.jsonl after its first 8,640 lines
+    python scripts/seed_sample_v4.py [--more]  # appends to data/seed/queries.jsonl after its first 8,640 lines
 
 Rerunnable: the first 8,640 lines (seed v1-v3) are kept byte for byte and everything after them is drawn
 again with a fixed seed from the same package; nothing is cached.
@@ -15,8 +15,9 @@ id and text, case and spacing ignored, in no earlier line; ``kind`` and ``lang``
 stays on queries no tagger trained on. The packaged file's non-English first turns were all drawn by seed
 v3, so these are English.
 
-410 lines: the first 10 complete batch_173 (lines 8,601-8,650), the rest are batches 174-181. Every line
-is ``train``.
+Two draws, each appended after the other (``--more`` adds the second): 410 lines, the first 10 of which
+complete batch_173 (lines 8,601-8,650) and the rest batches 174-181; then 1,600 more (lines 9,051-10,650,
+batches 182-213), drawn the same way from the candidates the first left. Every line is ``train``.
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ from tagger_tag_shares import fresh_queries  # noqa: E402
 SEED = 20261203
 V3_LINES = 8640
 N_TRAIN = 410
+N_MORE = 1600  # the second draw (--more)
 SEED_DIR = REPO / "data" / "seed"
 
 
-def main() -> None:
+def main(more: bool = False) -> None:
     path = SEED_DIR / "queries.jsonl"
     kept, taken_ids, taken_texts = kept_prefix(path, V3_LINES)
     fresh, _ = fresh_queries()
@@ -48,7 +50,11 @@ def main() -> None:
     taken_texts |= {norm(r["query"]) for r in fresh}
 
     cands = list(new_first_turns(taken_ids, taken_texts))
-    picked = random.Random(SEED).sample(cands, N_TRAIN)
+    rng = random.Random(SEED)
+    picked = rng.sample(cands, N_TRAIN)
+    if more:  # from what the first draw left, so that its 410 stay as they were
+        first = {r["id"] for r in picked}
+        picked += rng.sample([r for r in cands if r["id"] not in first], N_MORE)
     new = []
     for r in picked:
         lang = language(r["query"])
@@ -63,4 +69,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(more="--more" in sys.argv[1:])
