@@ -80,6 +80,11 @@ def language(text: str) -> str:
     return best.lang if best.lang != "en" and best.prob >= LANG_PROB else "en"
 
 
+def kind_of(text: str, lang: str) -> str:
+    """``non-english``, ``long`` or ``standard`` (see above), from the text and its :func:`language`."""
+    return "non-english" if lang != "en" else ("long" if len(text) > LONG_CHARS else "standard")
+
+
 def new_first_turns(taken_ids: set, taken_texts: set) -> Iterator[dict]:
     """ShareGPT first turns of MIN_CHARS to MAX_CHARS characters whose id and text (case and spacing
     ignored) are not taken; each text once (``taken_texts`` grows)."""
@@ -98,8 +103,7 @@ def main() -> None:
     cands = []
     for r in new_first_turns(taken_ids, taken_texts):
         lang = language(r["query"])
-        kind = "non-english" if lang != "en" else ("long" if len(r["query"]) > LONG_CHARS else "standard")
-        cands.append({**r, "lang": lang, "kind": kind})
+        cands.append({**r, "lang": lang, "kind": kind_of(r["query"], lang)})
     print("candidates:", dict(Counter(r["kind"] for r in cands)))
 
     english = [r for r in cands if r["kind"] != "non-english"]
